@@ -1,0 +1,1 @@
+"""Benchmarks run as tests too (`pytest benchmarks --benchmark-disable`), so they never rot."""

@@ -1,0 +1,50 @@
+// Argument checks shared by the CPU and CUDA registrations: clear errors before any kernel runs.
+#pragma once
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+namespace shg_fast {
+
+inline void check_float_dtype(const at::Tensor& t, const char* op, const char* name) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, op, ": ", name,
+              " must be float32, float64, float16 or bfloat16, got ", s);
+}
+
+inline void check_upsample_add(const at::Tensor& low, const at::Tensor& skip) {
+  TORCH_CHECK(low.dim() == 4 && skip.dim() == 4, "upsample_add: low and skip must be 4-D (N, C, H, W), got ",
+              low.sizes(), " and ", skip.sizes());
+  check_float_dtype(low, "upsample_add", "low");
+  TORCH_CHECK(low.scalar_type() == skip.scalar_type(), "upsample_add: low and skip must share a dtype, got ",
+              low.scalar_type(), " and ", skip.scalar_type());
+  TORCH_CHECK(low.device() == skip.device(), "upsample_add: low and skip must be on one device, got ",
+              low.device(), " and ", skip.device());
+  TORCH_CHECK(low.size(0) == skip.size(0) && low.size(1) == skip.size(1) &&
+                  low.size(2) == (skip.size(2) + 1) / 2 && low.size(3) == (skip.size(3) + 1) / 2,
+              "upsample_add: low must be (N, C, ceil(H/2), ceil(W/2)) for skip ", skip.sizes(), ", got ",
+              low.sizes());
+}
+
+inline void check_decode_heatmaps(const at::Tensor& heatmaps, const c10::optional<at::Tensor>& flipped,
+                                  at::IntArrayRef flip_perm) {
+  TORCH_CHECK(heatmaps.dim() == 4, "decode_heatmaps: heatmaps must be 4-D (N, K, H, W), got ", heatmaps.sizes());
+  TORCH_CHECK(heatmaps.size(2) > 0 && heatmaps.size(3) > 0, "decode_heatmaps: maps must be non-empty, got ",
+              heatmaps.sizes());
+  check_float_dtype(heatmaps, "decode_heatmaps", "heatmaps");
+  if (flipped.has_value()) {
+    TORCH_CHECK(flipped->sizes() == heatmaps.sizes(), "decode_heatmaps: flipped must have shape ",
+                heatmaps.sizes(), ", got ", flipped->sizes());
+    TORCH_CHECK(flipped->scalar_type() == heatmaps.scalar_type(), "decode_heatmaps: flipped dtype ",
+                flipped->scalar_type(), " differs from heatmaps ", heatmaps.scalar_type());
+    TORCH_CHECK(flipped->device() == heatmaps.device(), "decode_heatmaps: flipped must be on ",
+                heatmaps.device(), ", got ", flipped->device());
+    const int64_t k = heatmaps.size(1);
+    TORCH_CHECK(flip_perm.empty() || static_cast<int64_t>(flip_perm.size()) == k,
+                "decode_heatmaps: flip_perm must be empty or have ", k, " entries, got ", flip_perm.size());
+    for (int64_t j : flip_perm) {
+      TORCH_CHECK(j >= 0 && j < k, "decode_heatmaps: flip_perm entry ", j, " outside 0..", k - 1);
+    }
+  }
+}
+
+}  // namespace shg_fast

@@ -1,0 +1,20 @@
+// Operator schemas of the shg_fast library and the Python module init of shg_fast._C.
+// Per-device kernels are registered in register_cpu.cpp and register_cuda.cpp.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import shg_fast._C` needs a real module init; importing it runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(shg_fast, m) {
+  // out = skip + low[n, c, h / 2, w / 2]; low is (N, C, ceil(H/2), ceil(W/2)).
+  m.def("upsample_add(Tensor low, Tensor skip) -> Tensor");
+  // Argmax with quarter-pixel refinement, optional flip-test averaging (flip_perm: joint
+  // permutation, empty for identity). Returns (coords (N,K,2) f32, maxvals (N,K) f32).
+  m.def("decode_heatmaps(Tensor heatmaps, Tensor? flipped, int[] flip_perm) -> (Tensor, Tensor)");
+}

@@ -1,0 +1,13 @@
+"""shg_fast: the Stacked Hourglass pose network, fast.
+
+A paper-faithful PyTorch reference (:mod:`shg_fast.reference`), fused ops with Triton, CUDA
+and C++ backends (:mod:`shg_fast.ops`), and the pose pipeline around them. Importing the
+package never initialises CUDA.
+"""
+
+from . import backends, ops, reference
+from .backends import BackendUnavailableError
+
+__version__ = "0.1.0"
+
+__all__ = ["BackendUnavailableError", "backends", "ops", "reference", "__version__"]

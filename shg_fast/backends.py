@@ -1,0 +1,187 @@
+"""Backend selection for the fused ops.
+
+Every fused op has up to four implementations:
+
+``reference``
+    pure PyTorch, the ground truth; runs anywhere.
+``cpu``
+    C++ kernels in the extension ``shg_fast._C`` (CPU tensors).
+``triton``
+    Triton kernels in ``shg_fast.kernels`` (CUDA tensors; CPU tensors only in the Triton
+    interpreter, ``TRITON_INTERPRET=1``, which is for testing).
+``cuda``
+    CUDA kernels in the extension (CUDA tensors; the extension must be built with CUDA).
+
+Selection: ``backend=`` on a call, else the environment variable ``SHG_FAST_BACKEND``,
+else ``auto``. A forced backend that cannot run raises :class:`BackendUnavailableError`
+listing every reason; ``auto`` takes the first backend that can run, in the order
+``cuda, triton, reference`` for CUDA tensors and ``cpu, reference`` for CPU tensors, and so
+never fails for want of a backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from . import _extension
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "BackendUnavailableError",
+    "FusedOp",
+    "requested_backend",
+    "backend_status",
+]
+
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+ENV_VAR = "SHG_FAST_BACKEND"
+AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was forced (by argument or ``SHG_FAST_BACKEND``) but cannot run this call."""
+
+
+def requested_backend(backend: str | None = None) -> str:
+    """The backend asked for: ``backend`` if given, else ``$SHG_FAST_BACKEND``, else ``auto``."""
+    source = "backend="
+    if backend is None:
+        backend, source = os.environ.get(ENV_VAR, "auto"), ENV_VAR
+    name = backend.strip().lower() or "auto"
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} from {source}; expected 'auto' or one of {BACKENDS}")
+    return name
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_import_reason() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # a broken install must not break shg_fast
+        return f"Triton failed to import ({exc})"
+    return None
+
+
+def triton_interpreter() -> bool:
+    """True when Triton kernels run in the interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _device_reasons(name: str, op: str, device: torch.device) -> list[str]:
+    """Why backend ``name`` cannot run op ``op`` on ``device``, independent of dtypes and shapes."""
+    if name == "reference":
+        return []
+    if name == "cpu":
+        reasons = [] if device.type == "cpu" else [f"tensors are on {device.type}, cpu backend needs CPU tensors"]
+        _, why = _extension.load()
+        if why:
+            reasons.append(why)
+        elif not _extension.has_kernel(op, "CPU"):
+            reasons.append(f"extension has no CPU kernel for {op}")
+        return reasons
+    if name == "cuda":
+        reasons = [] if device.type == "cuda" else [f"tensors are on {device.type}, cuda backend needs CUDA tensors"]
+        _, why = _extension.load()
+        if why:
+            reasons.append(why)
+        elif not _extension.has_kernel(op, "CUDA"):
+            reasons.append(f"extension was built without CUDA kernels for {op} (see `python -m shg_fast info`)")
+        return reasons
+    if name == "triton":
+        reasons = []
+        why = _triton_import_reason()
+        if why:
+            reasons.append(why)
+        if device.type == "cpu" and not triton_interpreter():
+            reasons.append("tensors are on cpu; Triton runs on CUDA tensors (or CPU ones with TRITON_INTERPRET=1)")
+        elif device.type not in ("cpu", "cuda"):
+            reasons.append(f"tensors are on {device.type}; Triton runs on CUDA tensors")
+        return reasons
+    raise AssertionError(name)
+
+
+@dataclass
+class FusedOp:
+    """One fused operation and its implementations, one per backend.
+
+    ``impls[name]`` runs the op; ``checks[name]``, when present, returns the reasons (strings)
+    why that backend cannot run a particular call (unsupported dtype, layout, size...).
+    """
+
+    name: str
+    impls: dict[str, Callable] = field(default_factory=dict)
+    checks: dict[str, Callable[..., list[str]]] = field(default_factory=dict)
+
+    def register(self, backend: str, impl: Callable, check: Callable[..., list[str]] | None = None) -> None:
+        """Register ``impl`` as this op's ``backend`` implementation, with an optional check."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+        self.impls[backend] = impl
+        if check is not None:
+            self.checks[backend] = check
+
+    def reasons(self, backend: str, device: torch.device, *args, **kwargs) -> list[str]:
+        """Every reason why ``backend`` cannot run this call; empty when it can."""
+        reasons = [] if backend in self.impls else [f"no {backend} implementation of {self.name} yet"]
+        reasons += _device_reasons(backend, self.name, device)
+        check = self.checks.get(backend)
+        if check is not None and not reasons:
+            reasons.extend(check(*args, **kwargs))
+        return reasons
+
+    def candidates(self, device: torch.device, backend: str | None, *args, **kwargs) -> list[str]:
+        """The backends to try for this call, best first.
+
+        A forced backend gives a one-element list or raises BackendUnavailableError; ``auto``
+        gives every backend that can run, ending with ``reference``.
+        """
+        name = requested_backend(backend)
+        if name != "auto":
+            why = self.reasons(name, device, *args, **kwargs)
+            if why:
+                raise BackendUnavailableError(
+                    f"backend {name!r} cannot run {self.name}: " + "; ".join(why)
+                )
+            return [name]
+        order = AUTO_ORDER.get(device.type, ("reference",))
+        return [b for b in order if not self.reasons(b, device, *args, **kwargs)]
+
+    def select(self, device: torch.device, backend: str | None, *args, **kwargs) -> tuple[str, Callable]:
+        """The backend that runs this call and its implementation."""
+        chosen = self.candidates(device, backend, *args, **kwargs)[0]
+        return chosen, self.impls[chosen]
+
+
+def common_device(op: str, tensors: Iterable[torch.Tensor | None]) -> torch.device:
+    """The one device shared by all given tensors (None entries skipped); ValueError otherwise."""
+    devices = {t.device for t in tensors if t is not None}
+    if len(devices) != 1:
+        raise ValueError(f"{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
+    return devices.pop()
+
+
+def backend_status(device_type: str | None = None) -> dict[str, list[str]]:
+    """For each backend, the reasons it cannot run on ``device_type`` (default: best present)."""
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_type)
+    return {name: _device_reasons(name, "upsample_add", device) for name in BACKENDS}
+
+
+def dtype_check(op: str, supported: Sequence[torch.dtype]) -> Callable[..., list[str]]:
+    """A check that rejects tensor arguments whose dtype is not in ``supported``."""
+
+    def check(*args, **kwargs) -> list[str]:
+        bad = {a.dtype for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)} - set(supported)
+        return [f"{op} does not support dtype {d}" for d in sorted(map(str, bad))]
+
+    return check

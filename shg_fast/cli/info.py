@@ -1,0 +1,71 @@
+"""``shg-fast info``: versions, the GPU if any, and which backends can run (and why not)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import shutil
+import subprocess
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    return sub.add_parser("info", help="print versions, the GPU and the available backends")
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _nvcc_version() -> str:
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return "not on PATH"
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"failed ({exc})"
+    release = [line for line in out.splitlines() if "release" in line]
+    return release[-1].strip() if release else out.strip()
+
+
+def info_lines() -> list[str]:
+    """The report printed by ``shg-fast info``, one line per entry."""
+    import torch
+
+    import shg_fast
+    from shg_fast import _extension, backends
+
+    lines = [
+        f"shg_fast      {shg_fast.__version__}",
+        f"python        {__import__('sys').version.split()[0]}",
+        f"torch         {torch.__version__} (CUDA build: {torch.version.cuda or 'no'})",
+        f"triton        {_version('triton')}",
+        f"nvcc          {_nvcc_version()}",
+    ]
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        lines.append(f"gpu           {props.name}, sm_{props.major}{props.minor}, "
+                     f"{props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} SMs "
+                     f"({torch.cuda.device_count()} visible)")
+    else:
+        lines.append("gpu           none (torch.cuda.is_available() is False)")
+    module, why = _extension.load()
+    lines.append(f"extension     {'loaded: ' + module.__file__ if module else why}")
+    if module is not None:
+        cuda_kernels = _extension.has_kernel("upsample_add", "CUDA")
+        lines.append(f"              CUDA kernels {'built' if cuda_kernels else 'not built'}")
+    lines.append(f"backend env   {backends.ENV_VAR}={__import__('os').environ.get(backends.ENV_VAR, '(unset: auto)')}")
+    for device in ("cpu", "cuda"):
+        lines.append(f"backends for {device} tensors:")
+        for name, reasons in backends.backend_status(device).items():
+            status = "available" if not reasons else "unavailable: " + "; ".join(reasons)
+            lines.append(f"  {name:<10} {status}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    print("\n".join(info_lines()))
+    return 0

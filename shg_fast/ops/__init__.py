@@ -1,0 +1,23 @@
+"""The fused operations, one public function each, with pure-PyTorch reference twins.
+
+Each function validates its arguments, picks a backend (``backend=``, ``$SHG_FAST_BACKEND``
+or ``auto``; see :mod:`shg_fast.backends`) and runs it.
+"""
+
+from .conv_bn_relu import conv_bn_relu, conv_bn_relu_reference
+from .decode_heatmaps import MPII_FLIP_PAIRS, decode_heatmaps, decode_heatmaps_reference, flip_permutation
+from .residual_block import residual_block, residual_block_reference
+from .upsample_add import upsample_add, upsample_add_reference
+
+__all__ = [
+    "MPII_FLIP_PAIRS",
+    "conv_bn_relu",
+    "conv_bn_relu_reference",
+    "decode_heatmaps",
+    "decode_heatmaps_reference",
+    "flip_permutation",
+    "residual_block",
+    "residual_block_reference",
+    "upsample_add",
+    "upsample_add_reference",
+]

@@ -1,0 +1,74 @@
+"""The eval-mode pre-activation residual block as one op.
+
+``residual_block(x, block)`` equals ``Residual.eval()(x)`` for the module ``block`` was
+folded from (:class:`shg_fast.fusion.FoldedResidual`), optionally plus a nearest-2x
+upsampled lower branch (the hourglass's ``up1 + upsample(low3)`` when this block is the last
+of ``up1``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..backends import FusedOp
+from ..fusion import FoldedResidual
+from .conv_bn_relu import SUPPORTED_DTYPES, conv_bn_relu_reference
+
+__all__ = ["residual_block", "residual_block_reference", "RESIDUAL_BLOCK", "check_residual_block"]
+
+
+def check_residual_block(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None = None) -> None:
+    """Raise TypeError/ValueError unless ``(x, block, upsample)`` meet the op's contract."""
+    if not isinstance(block, FoldedResidual):
+        raise TypeError(f"residual_block: block must be a FoldedResidual, got {type(block).__name__}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"residual_block: x must be a 4-D tensor (N, C, H, W), got {getattr(x, 'shape', x)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"residual_block: x dtype must be one of {SUPPORTED_DTYPES}, got {x.dtype}")
+    if x.shape[1] != block.in_channels:
+        raise ValueError(f"residual_block: x has {x.shape[1]} channels, block expects {block.in_channels}")
+    if block.w1.dtype != x.dtype or block.w1.device != x.device:
+        raise ValueError(
+            f"residual_block: block parameters are {block.w1.dtype} on {block.w1.device}, x is {x.dtype} on "
+            f"{x.device}; use block.to(x)"
+        )
+    if upsample is not None:
+        n, _, h, w = x.shape
+        expected = (n, block.out_channels, (h + 1) // 2, (w + 1) // 2)
+        if tuple(upsample.shape) != expected or upsample.dtype != x.dtype or upsample.device != x.device:
+            raise ValueError(
+                f"residual_block: upsample must be {expected} {x.dtype} on {x.device}, got "
+                f"{tuple(upsample.shape)} {upsample.dtype} on {upsample.device}"
+            )
+
+
+def residual_block_reference(x: torch.Tensor, block: FoldedResidual,
+                             upsample: torch.Tensor | None = None) -> torch.Tensor:
+    """Pure-PyTorch twin: three fused convs, the projection skip sharing the last GEMM."""
+    h = conv_bn_relu_reference(x, block.w1, block.b1, in_scale=block.in_scale, in_shift=block.in_shift,
+                               in_relu=True, out_relu=True)
+    h = conv_bn_relu_reference(h, block.w2, block.b2, out_relu=True)
+    w, b = block.last_gemm()
+    if block.ws is None:
+        return conv_bn_relu_reference(h, w, b, residual=x, upsample=upsample)
+    return conv_bn_relu_reference(torch.cat([h, x], dim=1), w, b, upsample=upsample)
+
+
+RESIDUAL_BLOCK = FusedOp("residual_block")
+RESIDUAL_BLOCK.register("reference", residual_block_reference)
+
+
+def residual_block(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None = None, *,
+                   backend: str | None = None) -> torch.Tensor:
+    """One eval-mode residual block: ``Residual(x)`` (+ ``nearest_up_2x(upsample)``).
+
+    Args:
+        x: ``(N, C_in, H, W)`` residual-stream input.
+        block: the folded parameters, ``FoldedResidual.from_module(residual.eval())``, on x's
+            device and dtype (``block.to(x)``).
+        upsample: optional ``(N, C_out, ceil(H/2), ceil(W/2))`` added after nearest 2x upsampling.
+        backend: ``'auto'``, ``'reference'``, ``'triton'``, ``'cuda'`` ...
+    """
+    check_residual_block(x, block, upsample)
+    _, impl = RESIDUAL_BLOCK.select(x.device, backend, x, block, upsample)
+    return impl(x, block, upsample)

@@ -1,0 +1,54 @@
+"""Numerical tolerances of shg_fast, in one table, and the comparisons that use them.
+
+Errors are measured against a higher-precision reference (float64 on the same inputs) as
+``max |out - ref| / max |ref|``. For 16-bit dtypes the bound is relative to the reference
+implementation's own error in that dtype (DESIGN.md): a kernel may be at most
+``LOW_PRECISION_FACTOR`` times as far from the float64 truth as PyTorch's own run in that dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["TOLERANCES", "LOW_PRECISION_FACTOR", "max_rel_error", "assert_close_to_reference"]
+
+#: Bound on max|out - ref| / max|ref| per compute mode, for fp32-class results.
+TOLERANCES: dict[str, float] = {
+    "float64": 1e-10,
+    "float32": 1e-4,  # IEEE fp32 (TF32 off)
+    "tf32": 5e-3,
+    # 16-bit results are bounded relative to the reference's own error (see module doc),
+    # never tighter than these floors (rounding of a single output in that dtype).
+    "float16": 2e-3,
+    "bfloat16": 1.6e-2,
+}
+
+#: A 16-bit kernel may be at most this many times as far from float64 as the reference run in that dtype.
+LOW_PRECISION_FACTOR = 2.0
+
+
+def max_rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``max |out - ref| / max |ref|`` in float64 (inf when ``out`` has a NaN that ``ref`` lacks)."""
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    if out64.shape != ref64.shape:
+        raise AssertionError(f"shape {tuple(out64.shape)} != reference {tuple(ref64.shape)}")
+    if torch.isnan(out64).any() and not torch.isnan(ref64).any():
+        return float("inf")
+    scale = ref64.abs().max().item() if ref64.numel() else 1.0
+    return (out64 - ref64).abs().max().item() / max(scale, 1e-30) if ref64.numel() else 0.0
+
+
+def assert_close_to_reference(out: torch.Tensor, truth: torch.Tensor, mode: str,
+                              reference_same_dtype: torch.Tensor | None = None) -> float:
+    """Assert ``out`` is within the tolerance of ``mode`` of the float64 ``truth``; returns the error.
+
+    For ``float16``/``bfloat16`` pass ``reference_same_dtype`` (the reference computed in that
+    dtype): the bound is then ``max(floor, LOW_PRECISION_FACTOR * its error)``.
+    """
+    err = max_rel_error(out, truth)
+    bound = TOLERANCES[mode]
+    if mode in ("float16", "bfloat16") and reference_same_dtype is not None:
+        bound = max(bound, LOW_PRECISION_FACTOR * max_rel_error(reference_same_dtype, truth))
+    if not err <= bound:
+        raise AssertionError(f"{mode}: max relative error {err:.3e} exceeds {bound:.3e}")
+    return err
