@@ -107,5 +107,4 @@ def conv_bn_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     kwargs = dict(stride=stride, padding=padding, in_scale=in_scale, in_shift=in_shift, in_relu=in_relu,
                   out_relu=out_relu, residual=residual, upsample=upsample)
     check_conv_bn_relu(x, weight, bias, **kwargs)
-    _, impl = CONV_BN_RELU.select(x.device, backend, x, weight, bias, **kwargs)
-    return impl(x, weight, bias, **kwargs)
+    return CONV_BN_RELU.run(x.device, backend, x, weight, bias, **kwargs)
