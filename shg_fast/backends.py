@@ -64,12 +64,13 @@ class BackendFallbackWarning(RuntimeWarning):
 _WARNED: set[tuple[str, str]] = set()
 
 
-def _warn_fallback(op: str, backend: str, why: str) -> None:
+def _warn_fallback(op: str, backend: str, why: str, stacklevel: int) -> None:
+    """Warn once per (op, backend); ``stacklevel`` counts from this function to the user's call."""
     if (op, backend) in _WARNED:
         return
     _WARNED.add((op, backend))
     warnings.warn(f"shg_fast: {backend} backend of {op} failed ({why}); falling back to the next backend "
-                  "(warned once)", BackendFallbackWarning, stacklevel=4)
+                  "(warned once)", BackendFallbackWarning, stacklevel=stacklevel)
 
 
 def requested_backend(backend: str | None = None) -> str:
@@ -201,7 +202,7 @@ class FusedOp:
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:  # any kernel failure: the next backend computes the same op
-                _warn_fallback(self.name, name, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
+                _warn_fallback(self.name, name, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}", 4)
         return self.impls[names[-1]](*args, **kwargs)
 
     def _warn_if_extension_broken(self, device: torch.device) -> None:
@@ -211,7 +212,7 @@ class FusedOp:
             return
         _, why = _extension.load()
         if why:
-            _warn_fallback(self.name, name, why)
+            _warn_fallback(self.name, name, why, 5)
 
 
 def common_device(op: str, tensors: Iterable[torch.Tensor | None]) -> torch.device:
