@@ -16,7 +16,7 @@ from shg_fast.ops.upsample_add import UPSAMPLE_ADD
 from shg_fast.reference import Residual
 from shg_fast.testing import assert_close_to_reference
 
-from .helpers import cpu_backends, randomize_bn
+from .helpers import backends_of, randomize_bn
 
 # Small, reproducible runs: CI must stay fast and never flake.
 PROPERTY = settings(max_examples=20, deadline=None, database=None, derandomize=True)
@@ -28,11 +28,6 @@ SPECIALS = (float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-30)
 dtypes = st.sampled_from(DTYPES)
 seeds = st.integers(0, 2 ** 31 - 1)
 scales = st.sampled_from((1e-3, 1.0, 1e3))
-
-
-def backends_of(op) -> list[str]:
-    """The CPU backends (C++ and reference) this op has here."""
-    return [b for b in cpu_backends() if b in op.impls]
 
 
 def random_tensor(shape, dtype, seed, scale=1.0, specials=0):

@@ -1,5 +1,7 @@
 """Resources: repeated forward passes do not grow memory."""
 
+import ctypes
+import ctypes.util
 import gc
 import os
 
@@ -10,7 +12,7 @@ from shg_fast.ops import decode_heatmaps, upsample_add
 from shg_fast.reference import StackedHourglass
 from shg_fast.testing import RSS_GROWTH_LIMIT_BYTES
 
-from .helpers import randomize_bn
+from .helpers import one_thread, randomize_bn  # noqa: F401 (fixture)
 
 PASSES = 1000
 WARMUP = 50
@@ -22,15 +24,25 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def release_free_memory() -> None:
+    """Collect garbage and hand free heap pages back to the OS (glibc ``malloc_trim``), so that
+    memory freed by earlier tests cannot silently absorb a leak."""
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def rss_growth(fn, passes=PASSES) -> int:
     """RSS gained over ``passes`` calls of ``fn`` after a warm-up."""
     for _ in range(WARMUP):
         fn()
-    gc.collect()
+    release_free_memory()
     before = rss_bytes()
     for _ in range(passes):
         fn()
-    gc.collect()
+    release_free_memory()
     return rss_bytes() - before
 
 
@@ -39,15 +51,6 @@ def _tiny_model(device="cpu"):
 
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
-
-
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: tiny convs gain nothing from more, and a shared CI machine loses a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_measure_sees_a_leak():

@@ -8,11 +8,14 @@ import torch
 
 from shg_fast.fusion import FoldedResidual
 from shg_fast.ops import conv_bn_relu, conv_bn_relu_reference, decode_heatmaps, residual_block, upsample_add
-from shg_fast.ops.residual_block import residual_block_reference
+from shg_fast.ops.conv_bn_relu import CONV_BN_RELU
+from shg_fast.ops.decode_heatmaps import DECODE_HEATMAPS
+from shg_fast.ops.residual_block import RESIDUAL_BLOCK, residual_block_reference
+from shg_fast.ops.upsample_add import UPSAMPLE_ADD
 from shg_fast.reference import Residual, StackedHourglass
 from shg_fast.testing import assert_close_to_reference
 
-from .helpers import cpu_backends, randomize_bn
+from .helpers import backends_of, one_thread, randomize_bn  # noqa: F401 (fixture)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -73,10 +76,8 @@ def _layouts(t):
     }
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", backends_of(CONV_BN_RELU))
 def test_conv_bn_relu_any_layout_empty_and_nan(backend):
-    if backend == "cpu":
-        pytest.skip("conv_bn_relu has no C++ CPU kernel")
     x, w, b = torch.randn(2, 3, 5, 7), torch.randn(4, 3, 3, 3), torch.randn(4)
     scale, shift = torch.rand(3) + 0.5, torch.randn(3)
     kw = dict(in_scale=scale, in_shift=shift, in_relu=True, out_relu=True)
@@ -92,10 +93,8 @@ def test_conv_bn_relu_any_layout_empty_and_nan(backend):
     assert not torch.isfinite(out[1, :, :2, :2]).all()
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", backends_of(RESIDUAL_BLOCK))
 def test_residual_block_any_layout_empty_and_nan(backend):
-    if backend == "cpu":
-        pytest.skip("residual_block has no C++ CPU kernel")
     block, x, up = _block(), torch.randn(2, 6, 5, 7), torch.randn(2, 8, 3, 4)
     truth = residual_block_reference(x.double(), block.to(torch.float64), up.double())
     for name, xl in _layouts(x).items():
@@ -106,7 +105,7 @@ def test_residual_block_any_layout_empty_and_nan(backend):
     assert torch.isnan(out[0, :, :2, :2]).all() and torch.isfinite(out[1]).all()
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend", sorted(set(backends_of(UPSAMPLE_ADD)) & set(backends_of(DECODE_HEATMAPS))))
 def test_upsample_add_and_decode_any_layout(backend):
     low, skip = torch.randn(2, 3, 3, 4), torch.randn(2, 3, 5, 7)
     truth = upsample_add(low, skip, backend="reference")
@@ -118,7 +117,7 @@ def test_upsample_add_and_decode_any_layout(backend):
         assert torch.equal(got[0], coords) and torch.equal(got[1], maxvals)
 
 
-def test_model_any_layout_empty_batch_and_nan():
+def test_model_any_layout_empty_batch_and_nan(one_thread):
     model = randomize_bn(StackedHourglass(1, 8, 3)).eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -132,7 +131,7 @@ def test_model_any_layout_empty_batch_and_nan():
     assert torch.isnan(out[-1][0]).any() and torch.isfinite(out[-1][1]).all()
 
 
-def test_model_runs_under_autocast_with_mixed_dtypes():
+def test_model_runs_under_autocast_with_mixed_dtypes(one_thread):
     model = StackedHourglass(1, 8, 2).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.rand(1, 3, 64, 64))
