@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import re
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -67,73 +68,84 @@ _HOURGLASS_DEPTH = 4
 _NUM_BATCHES = "num_batches_tracked"
 
 
-def _residual_princeton(inner: str) -> str:
-    """Inside a Residual: ``conv{i}.p`` → ``conv{i}.conv.p``, ``skip.p`` → ``skip_layer.conv.p``."""
-    inner = re.sub(r"^(conv[123])\.", r"\1.conv.", inner)
-    return re.sub(r"^skip\.", "skip_layer.conv.", inner)
+@dataclass(frozen=True)
+class _Layout:
+    """How one implementation names each part of the network: our key → theirs.
+
+    ``None`` from a callable means the layout has no place for that parameter.
+    """
+
+    stem_convs: dict[str, str]  # our conv1/bn1 → their module path
+    stem_residuals: dict[str, str]  # our r1/r4/r5 → their module path
+    residual: dict[str, str]  # a Residual's child module names: ours → theirs (others kept)
+    hourglass: Callable[[str, int, str, int], str | None]  # (stack, levels below top, part, b) → path
+    res: Callable[[str, int], str | None]  # (stack, b) → path of the residuals after the hourglass
+    lin: dict[str, str]  # "conv"/"bn" → path template with {s}
+    heads: dict[str, str]  # out/merge_features/merge_preds → path template with {s}
 
 
-def _residual_bearpaw(inner: str) -> str:
-    """Inside a Residual: ``skip.p`` → ``downsample.0.p``; everything else keeps its name."""
-    return re.sub(r"^skip\.", "downsample.0.", inner)
+_HEADS = ("out", "merge_features", "merge_preds")
 
-
-def _hourglass_parts(rest: str) -> tuple[int, str, int, str]:
-    """Split ``(low2.)*{part}.{b}.{inner}`` into (levels below the top, part, b, inner)."""
-    match = re.fullmatch(r"((?:low2\.)*)(up1|low1|low2|low3)\.(\d+)\.(.+)", rest)
-    if match is None:
-        raise AssertionError(f"unexpected hourglass key {rest!r}")
-    return len(match.group(1)) // len("low2."), match.group(2), int(match.group(3)), match.group(4)
-
-
-def _to_princeton(key: str) -> str | None:
-    stem = {"r1": "pre.1", "r4": "pre.3", "r5": "pre.4"}
-    if m := re.fullmatch(r"(conv1|bn1)\.(.+)", key):
-        return f"pre.0.{'conv' if m.group(1) == 'conv1' else 'bn'}.{m.group(2)}"
-    if m := re.fullmatch(r"(r1|r4|r5)\.(.+)", key):
-        return f"{stem[m.group(1)]}.{_residual_princeton(m.group(2))}"
-    if m := re.fullmatch(r"hg\.(\d+)\.(.+)", key):
-        level, part, b, inner = _hourglass_parts(m.group(2))
-        if b != 0:
-            return None
-        return f"hgs.{m.group(1)}.0.{'low2.' * level}{part}.{_residual_princeton(inner)}"
-    if m := re.fullmatch(r"res\.(\d+)\.0\.(.+)", key):
-        return f"features.{m.group(1)}.0.{_residual_princeton(m.group(2))}"
-    if m := re.fullmatch(r"lin\.(\d+)\.(conv|bn)\.(.+)", key):
-        return f"features.{m.group(1)}.1.{m.group(2)}.{m.group(3)}"
-    if m := re.fullmatch(r"out\.(\d+)\.(.+)", key):
-        return f"outs.{m.group(1)}.conv.{m.group(2)}"
-    if m := re.fullmatch(r"(merge_features|merge_preds)\.(\d+)\.(.+)", key):
-        return f"{m.group(1)}.{m.group(2)}.conv.conv.{m.group(3)}"
-    return None
-
-
-def _to_bearpaw(key: str) -> str | None:
-    stem = {"r1": "layer1.0", "r4": "layer2.0", "r5": "layer3.0"}
-    heads = {"out": "score", "merge_features": "fc_", "merge_preds": "score_"}
-    if re.fullmatch(r"(conv1|bn1)\..+", key):
-        return key
-    if m := re.fullmatch(r"(r1|r4|r5)\.(.+)", key):
-        return f"{stem[m.group(1)]}.{_residual_bearpaw(m.group(2))}"
-    if m := re.fullmatch(r"hg\.(\d+)\.(.+)", key):
-        level, part, b, inner = _hourglass_parts(m.group(2))
-        k = {"up1": 0, "low1": 1, "low3": 2, "low2": 3}[part]
-        return f"hg.{m.group(1)}.hg.{_HOURGLASS_DEPTH - 1 - level}.{k}.{b}.{_residual_bearpaw(inner)}"
-    if m := re.fullmatch(r"res\.(\d+)\.(\d+)\.(.+)", key):
-        return f"res.{m.group(1)}.{m.group(2)}.{_residual_bearpaw(m.group(3))}"
-    if m := re.fullmatch(r"lin\.(\d+)\.(conv|bn)\.(.+)", key):
-        return f"fc.{m.group(1)}.{0 if m.group(2) == 'conv' else 1}.{m.group(3)}"
-    if m := re.fullmatch(r"(out|merge_features|merge_preds)\.(\d+)\.(.+)", key):
-        return f"{heads[m.group(1)]}.{m.group(2)}.{m.group(3)}"
-    return None
-
-
-_TO_SOURCE: dict[str, Callable[[str], str | None]] = {
-    "shg_fast": lambda key: key,
-    "princeton-vl": _to_princeton,
-    "bearpaw": _to_bearpaw,
-    "anibali": _to_bearpaw,
+_LAYOUTS = {
+    "shg_fast": _Layout(
+        stem_convs={"conv1": "conv1", "bn1": "bn1"},
+        stem_residuals={"r1": "r1", "r4": "r4", "r5": "r5"},
+        residual={},
+        hourglass=lambda s, level, part, b: f"hg.{s}.{'low2.' * level}{part}.{b}",
+        res=lambda s, b: f"res.{s}.{b}",
+        lin={"conv": "lin.{s}.conv", "bn": "lin.{s}.bn"},
+        heads={name: name + ".{s}" for name in _HEADS},
+    ),
+    "princeton-vl": _Layout(
+        stem_convs={"conv1": "pre.0.conv", "bn1": "pre.0.bn"},
+        stem_residuals={"r1": "pre.1", "r4": "pre.3", "r5": "pre.4"},
+        residual={"conv1": "conv1.conv", "conv2": "conv2.conv", "conv3": "conv3.conv", "skip": "skip_layer.conv"},
+        hourglass=lambda s, level, part, b: None if b else f"hgs.{s}.0.{'low2.' * level}{part}",
+        res=lambda s, b: None if b else f"features.{s}.0",
+        lin={"conv": "features.{s}.1.conv", "bn": "features.{s}.1.bn"},
+        heads={"out": "outs.{s}.conv", "merge_features": "merge_features.{s}.conv.conv",
+               "merge_preds": "merge_preds.{s}.conv.conv"},
+    ),
+    "bearpaw": _Layout(
+        stem_convs={"conv1": "conv1", "bn1": "bn1"},
+        stem_residuals={"r1": "layer1.0", "r4": "layer2.0", "r5": "layer3.0"},
+        residual={"skip": "downsample.0"},
+        hourglass=lambda s, level, part, b: (
+            f"hg.{s}.hg.{_HOURGLASS_DEPTH - 1 - level}.{('up1', 'low1', 'low3', 'low2').index(part)}.{b}"),
+        res=lambda s, b: f"res.{s}.{b}",
+        lin={"conv": "fc.{s}.0", "bn": "fc.{s}.1"},
+        heads={"out": "score.{s}", "merge_features": "fc_.{s}", "merge_preds": "score_.{s}"},
+    ),
 }
+_LAYOUTS["anibali"] = _LAYOUTS["bearpaw"]
+
+
+def _in_residual(layout: _Layout, path: str | None, inner: str) -> str | None:
+    """Their name of parameter ``inner`` (e.g. ``conv1.weight``) of the Residual at ``path``."""
+    if path is None:
+        return None
+    child, rest = inner.split(".", 1)
+    return f"{path}.{layout.residual.get(child, child)}.{rest}"
+
+
+def _rename(source: str, key: str) -> str | None:
+    """Their name for our state_dict key ``key`` in ``source``'s layout."""
+    layout = _LAYOUTS[source]
+    if m := re.fullmatch(r"(conv1|bn1)\.(\w+)", key):
+        return f"{layout.stem_convs[m[1]]}.{m[2]}"
+    if m := re.fullmatch(r"(r1|r4|r5)\.(.+)", key):
+        return _in_residual(layout, layout.stem_residuals[m[1]], m[2])
+    if m := re.fullmatch(r"hg\.(\d+)\.((?:low2\.)*)(up1|low1|low2|low3)\.(\d+)\.(.+)", key):
+        level = len(m[2]) // len("low2.")
+        return _in_residual(layout, layout.hourglass(m[1], level, m[3], int(m[4])), m[5])
+    if m := re.fullmatch(r"res\.(\d+)\.(\d+)\.(.+)", key):
+        return _in_residual(layout, layout.res(m[1], int(m[2])), m[3])
+    if m := re.fullmatch(r"lin\.(\d+)\.(conv|bn)\.(.+)", key):
+        return f"{layout.lin[m[2]].format(s=m[1])}.{m[3]}"
+    if m := re.fullmatch(r"(out|merge_features|merge_preds)\.(\d+)\.(.+)", key):
+        return f"{layout.heads[m[1]].format(s=m[2])}.{m[3]}"
+    return None
+
 
 #: Per source: a key whose first dimension is num_joints and second num_features (stack 0's
 #: heatmap conv), the pattern whose group 1 counts stacks, and the pattern whose group 1
@@ -245,11 +257,11 @@ def to_source_layout(state_dict: Mapping[str, torch.Tensor], source: str) -> "Or
     The inverse of :func:`load_state_dict` up to the parts a source has and we lack (e.g.
     princeton-vl's unused skip convs). Useful for tests and for exporting.
     """
-    if source not in _TO_SOURCE:
+    if source not in _LAYOUTS:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
     renamed = OrderedDict()
     for key, value in state_dict.items():
-        target = _TO_SOURCE[source](key)
+        target = _rename(source, key)
         if target is None:
             raise ValueError(f"{source} layout has no place for {key!r} (num_modules must be 1 for princeton-vl)")
         renamed[target] = value
@@ -280,11 +292,10 @@ def load_state_dict(obj_or_path: Any, source: str = "auto") -> "OrderedDict[str,
     state, _ = _strip_wrapper_prefix(_extract_state_dict(obj_or_path))
     config = _infer_config(state, source)
     expected = _expected_layout(config)
-    rename = _TO_SOURCE[source]
     converted: OrderedDict[str, torch.Tensor] = OrderedDict()
     missing, misshaped, used = [], [], set()
     for key, shape in expected.items():
-        theirs = rename(key)
+        theirs = _rename(source, key)
         if theirs is None or theirs not in state:
             if key.endswith(_NUM_BATCHES):
                 converted[key] = torch.tensor(0, dtype=torch.long)
