@@ -174,7 +174,7 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     """``torch.load`` a checkpoint file on the CPU with ``weights_only=True``.
 
     Raises FileNotFoundError for a missing file and ValueError, in one line, for a file that
-    is truncated, corrupt or holds arbitrary pickled objects.
+    is truncated or corrupt, or that holds arbitrary pickled objects (never unpickled here).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -182,7 +182,14 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for damaged files
-        raise ValueError(f"cannot read checkpoint {path!r} (truncated or corrupt?): {_one_line(exc)}") from None
+        why = _one_line(exc)
+        if "Unsupported global" in why:  # a readable pickle of non-tensor objects
+            raise ValueError(
+                f"checkpoint {path!r} holds objects other than tensors, which torch.load(weights_only=True) "
+                "refuses; if you trust the file, torch.load(path, weights_only=False) it yourself and pass the "
+                f"result: {why}"
+            ) from None
+        raise ValueError(f"cannot read checkpoint {path!r} (truncated or corrupt?): {why}") from None
 
 
 def _extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:

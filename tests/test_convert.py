@@ -161,6 +161,18 @@ def test_corrupt_checkpoint_fails_in_one_line(princeton_file, tmp_path, capsys, 
     assert not (tmp_path / "out.pt").exists()
 
 
+class NotATensor:
+    pass
+
+
+def test_pickled_objects_are_refused_with_advice(tmp_path):
+    path = tmp_path / "objects.pt"
+    torch.save({"state_dict": {}, "extra": NotATensor()}, path)
+    with pytest.raises(ValueError, match=r"holds objects other than tensors.*weights_only=False") as info:
+        convert.load_state_dict(path)
+    assert "\n" not in str(info.value)
+
+
 def test_cli_missing_file_and_mismatched_source(princeton_file, tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nope.pt"), str(tmp_path / "out.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
