@@ -166,7 +166,8 @@ _SIGNATURES = {
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """The exception's message on one line, without terminal colour codes, at most 300 characters."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -183,7 +184,7 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many types for damaged files
         why = _one_line(exc)
-        if "Unsupported global" in why:  # a readable pickle of non-tensor objects
+        if "Unsupported global" in str(exc):  # a readable pickle of non-tensor objects
             raise ValueError(
                 f"checkpoint {path!r} holds objects other than tensors, which torch.load(weights_only=True) "
                 "refuses; if you trust the file, torch.load(path, weights_only=False) it yourself and pass the "
