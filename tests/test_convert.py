@@ -5,8 +5,8 @@ from shg_fast import convert
 from shg_fast.cli import main
 from shg_fast.reference import StackedHourglass
 from shg_fast.testing import assert_close_to_reference
-from tests.helpers import one_thread, randomize_bn  # noqa: F401 (fixture)
-from tests.ports import BearpawHourglassNet, PrincetonPoseNet
+from .helpers import one_thread, randomize_bn  # noqa: F401 (fixture)
+from .ports import BearpawHourglassNet, PrincetonPoseNet
 
 TINY = dict(num_stacks=2, num_features=16, num_joints=3)
 
