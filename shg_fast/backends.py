@@ -17,6 +17,11 @@ else ``auto``. A forced backend that cannot run raises :class:`BackendUnavailabl
 listing every reason; ``auto`` takes the first backend that can run, in the order
 ``cuda, triton, reference`` for CUDA tensors and ``cpu, reference`` for CPU tensors, and so
 never fails for want of a backend.
+
+Fallback: :meth:`FusedOp.run` under ``auto`` also survives a backend that breaks at run
+time (a kernel that raises, e.g. a Triton compile failure) or an extension that failed to
+import: it warns once per (op, backend) with a :class:`BackendFallbackWarning` and runs the
+next backend. A forced backend never falls back; its error propagates.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -34,6 +40,7 @@ from . import _extension
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
+    "BackendFallbackWarning",
     "BackendUnavailableError",
     "FusedOp",
     "requested_backend",
@@ -47,6 +54,23 @@ AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference
 
 class BackendUnavailableError(RuntimeError):
     """A backend was forced (by argument or ``SHG_FAST_BACKEND``) but cannot run this call."""
+
+
+class BackendFallbackWarning(RuntimeWarning):
+    """``auto`` skipped a backend that should have run (it failed to load or raised)."""
+
+
+#: The (op, backend) pairs already warned about: each fallback is reported once per process.
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_fallback(op: str, backend: str, why: str, stacklevel: int) -> None:
+    """Warn once per (op, backend); ``stacklevel`` counts from this function to the user's call."""
+    if (op, backend) in _WARNED:
+        return
+    _WARNED.add((op, backend))
+    warnings.warn(f"shg_fast: {backend} backend of {op} failed ({why}); falling back to the next backend "
+                  "(warned once)", BackendFallbackWarning, stacklevel=stacklevel)
 
 
 def requested_backend(backend: str | None = None) -> str:
@@ -159,6 +183,36 @@ class FusedOp:
         """The backend that runs this call and its implementation."""
         chosen = self.candidates(device, backend, *args, **kwargs)[0]
         return chosen, self.impls[chosen]
+
+    def run(self, device: torch.device, backend: str | None, *args, **kwargs):
+        """Run this call on the best backend, falling back under ``auto``.
+
+        A forced backend runs (or raises) as is. Under ``auto`` each candidate is tried in
+        order; one that raises is reported once with a :class:`BackendFallbackWarning` and the
+        next one runs, down to ``reference``, whose errors propagate. Out-of-memory errors
+        always propagate. An extension that failed to import is reported the same way.
+        """
+        names = self.candidates(device, backend, *args, **kwargs)
+        if requested_backend(backend) != "auto":
+            return self.impls[names[0]](*args, **kwargs)
+        self._warn_if_extension_broken(device)
+        for name in names[:-1]:
+            try:
+                return self.impls[name](*args, **kwargs)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # any kernel failure: the next backend computes the same op
+                _warn_fallback(self.name, name, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}", 4)
+        return self.impls[names[-1]](*args, **kwargs)
+
+    def _warn_if_extension_broken(self, device: torch.device) -> None:
+        """Warn once when the extension backend for ``device`` is skipped because it failed to import."""
+        name = device.type if device.type in ("cpu", "cuda") else None
+        if name is None or (self.name, name) in _WARNED:
+            return
+        _, why = _extension.load()
+        if why:
+            _warn_fallback(self.name, name, why, 5)
 
 
 def common_device(op: str, tensors: Iterable[torch.Tensor | None]) -> torch.device:

@@ -90,8 +90,12 @@ class Lin(nn.Module):
         return F.relu(self.bn(self.conv(x)))
 
 
-def check_input(x: torch.Tensor, in_channels: int = 3) -> None:
-    """Raise a clear TypeError/ValueError unless ``x`` is a valid network input."""
+def check_input(x: torch.Tensor, in_channels: int = 3, parameter: torch.Tensor | None = None) -> None:
+    """Raise a clear TypeError/ValueError unless ``x`` is a valid network input.
+
+    With ``parameter`` (any weight of the model), also require x on the same device and, outside
+    autocast, of the same dtype. Any batch size (0 included) and memory layout is valid.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -107,6 +111,13 @@ def check_input(x: torch.Tensor, in_channels: int = 3) -> None:
         raise ValueError(
             f"input height and width must be positive multiples of {INPUT_MULTIPLE}, got {h}x{w}"
         )
+    if parameter is None:
+        return
+    if x.device != parameter.device:
+        raise ValueError(f"input is on {x.device} but the model is on {parameter.device}; move one with .to()")
+    if x.dtype != parameter.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"input dtype {x.dtype} differs from the model's {parameter.dtype}; cast one with .to() "
+                        "or run under torch.autocast")
 
 
 class StackedHourglass(nn.Module):
@@ -154,7 +165,7 @@ class StackedHourglass(nn.Module):
         return self.r5(self.r4(x))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        check_input(x)
+        check_input(x, parameter=self.conv1.weight)
         inter = self.stem(x)
         outputs = []
         for s in range(self.num_stacks):

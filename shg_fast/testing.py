@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TOLERANCES", "LOW_PRECISION_FACTOR", "max_rel_error", "assert_close_to_reference"]
+__all__ = ["TOLERANCES", "LOW_PRECISION_FACTOR", "RSS_GROWTH_LIMIT_BYTES", "max_rel_error",
+           "assert_close_to_reference"]
 
 #: Bound on max|out - ref| / max|ref| per compute mode, for fp32-class results.
 TOLERANCES: dict[str, float] = {
@@ -25,6 +26,11 @@ TOLERANCES: dict[str, float] = {
 
 #: A 16-bit kernel may be at most this many times as far from float64 as the reference run in that dtype.
 LOW_PRECISION_FACTOR = 2.0
+
+
+#: Resident memory a run of 1,000 small forward passes may gain after warm-up (allocator noise);
+#: a leak of one 64x64 float32 map per pass (16 MB) exceeds it.
+RSS_GROWTH_LIMIT_BYTES = 8 * 2**20
 
 
 def max_rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:

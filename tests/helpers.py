@@ -1,5 +1,6 @@
 """Test helpers: random BN statistics, backends that can run here."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -21,3 +22,17 @@ def randomize_bn(module: nn.Module, generator: torch.Generator | None = None) ->
 def cpu_backends() -> list[str]:
     """Backends that run CPU tensors here (the C++ one only when the extension is built)."""
     return ["reference", "cpu"] if _extension.load()[0] is not None else ["reference"]
+
+
+def backends_of(op) -> list[str]:
+    """The CPU backends (reference, and C++ when built) that ``op`` (a FusedOp) has here."""
+    return [b for b in cpu_backends() if b in op.impls]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny convs gain nothing from more, and a shared CI machine loses a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

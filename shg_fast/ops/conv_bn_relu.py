@@ -33,6 +33,9 @@ def check_conv_bn_relu(x, weight, bias=None, *, stride=1, padding=None, in_scale
             raise TypeError(f"conv_bn_relu: {name} must be a Tensor, got {type(t).__name__}")
         if t is not None and t.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"conv_bn_relu: {name} dtype must be one of {SUPPORTED_DTYPES}, got {t.dtype}")
+    mixed = {name: t.dtype for name, t in tensors.items() if t is not None and t.dtype != x.dtype}
+    if mixed:
+        raise TypeError(f"conv_bn_relu: every tensor must have x's dtype {x.dtype}, got {mixed}")
     if x.dim() != 4 or weight.dim() != 4:
         raise ValueError(f"conv_bn_relu: x and weight must be 4-D, got {tuple(x.shape)} and {tuple(weight.shape)}")
     out_c, in_c, kh, kw = weight.shape
@@ -42,12 +45,16 @@ def check_conv_bn_relu(x, weight, bias=None, *, stride=1, padding=None, in_scale
         raise ValueError(f"conv_bn_relu: kernel must be square and odd, got {kh}x{kw}")
     if stride not in (1, 2):
         raise ValueError(f"conv_bn_relu: stride must be 1 or 2, got {stride}")
+    if padding is not None and (not isinstance(padding, int) or not 0 <= padding <= kh // 2):
+        raise ValueError(f"conv_bn_relu: padding must be an int in 0..{kh // 2}, got {padding!r}")
     for name, t, size in (("bias", bias, out_c), ("in_scale", in_scale, in_c), ("in_shift", in_shift, in_c)):
         if t is not None and tuple(t.shape) != (size,):
             raise ValueError(f"conv_bn_relu: {name} must have shape ({size},), got {tuple(t.shape)}")
     pad = kh // 2 if padding is None else padding
     n, _, h, w = x.shape
     oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"conv_bn_relu: a {h}x{w} input is smaller than the {kh}x{kw} kernel with padding {pad}")
     if residual is not None and tuple(residual.shape) != (n, out_c, oh, ow):
         raise ValueError(f"conv_bn_relu: residual must have shape {(n, out_c, oh, ow)}, got {tuple(residual.shape)}")
     if upsample is not None and tuple(upsample.shape) != (n, out_c, (oh + 1) // 2, (ow + 1) // 2):
@@ -107,5 +114,4 @@ def conv_bn_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     kwargs = dict(stride=stride, padding=padding, in_scale=in_scale, in_shift=in_shift, in_relu=in_relu,
                   out_relu=out_relu, residual=residual, upsample=upsample)
     check_conv_bn_relu(x, weight, bias, **kwargs)
-    _, impl = CONV_BN_RELU.select(x.device, backend, x, weight, bias, **kwargs)
-    return impl(x, weight, bias, **kwargs)
+    return CONV_BN_RELU.run(x.device, backend, x, weight, bias, **kwargs)

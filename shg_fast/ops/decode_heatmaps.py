@@ -152,5 +152,4 @@ def decode_heatmaps(
         perm = flip_permutation(heatmaps.shape[1], flip_pairs)
     heatmaps = heatmaps.detach()
     flipped = None if flipped is None else flipped.detach()
-    _, impl = DECODE_HEATMAPS.select(heatmaps.device, backend, heatmaps, flipped)
-    return impl(heatmaps, flipped, perm)
+    return DECODE_HEATMAPS.run(heatmaps.device, backend, heatmaps, flipped, perm)

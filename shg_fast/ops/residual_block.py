@@ -70,5 +70,4 @@ def residual_block(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tenso
         backend: ``'auto'``, ``'reference'``, ``'triton'``, ``'cuda'`` ...
     """
     check_residual_block(x, block, upsample)
-    _, impl = RESIDUAL_BLOCK.select(x.device, backend, x, block, upsample)
-    return impl(x, block, upsample)
+    return RESIDUAL_BLOCK.run(x.device, backend, x, block, upsample)

@@ -92,5 +92,4 @@ def upsample_add(low: torch.Tensor, skip: torch.Tensor, *, backend: str | None =
     Differentiable in both arguments. Supports float32, float64, float16 and bfloat16.
     """
     check_upsample_add(low, skip)
-    _, impl = UPSAMPLE_ADD.select(skip.device, backend, low, skip)
-    return impl(low, skip)
+    return UPSAMPLE_ADD.run(skip.device, backend, low, skip)
