@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from shg_fast import benchmarking
 
     config = config_from_args(args)
-    print(f"shg-fast bench: {config.device}, {config.stacks} stacks, {config.size}x{config.size}, "
+    print(f"shg-fast bench: {config.device}, {config.stacks} stack(s), {config.size}x{config.size}, "
           f"batch {','.join(map(str, config.batches))}, {','.join(config.dtypes)}, "
           f"variants {','.join(config.variants)}")
     report = benchmarking.run_benchmark(config, progress=True)
