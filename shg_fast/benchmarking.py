@@ -42,6 +42,9 @@ __all__ = [
     "precision",
     "time_calls",
     "timing_summary",
+    "stacked_outputs",
+    "example_input",
+    "ground_truth",
     "run_benchmark",
     "format_table",
     "format_markdown",
@@ -297,8 +300,11 @@ def time_calls(fn: Callable[[torch.Tensor], object], x: torch.Tensor, warmup: in
     return times
 
 
-def timing_summary(seconds: list[float], batch: int, flops_per_image: float) -> dict:
-    """ms per batch (median, min, max), ms/image, images/s and achieved GFLOP/s from per-call times."""
+def timing_summary(seconds: list[float], batch: int, flops_per_image: float | None) -> dict:
+    """ms per batch (median, min, max), ms/image, images/s and achieved GFLOP/s from per-call times.
+
+    ``gflop_per_s`` is None when ``flops_per_image`` is None (ops whose work is not FLOPs).
+    """
     median = statistics.median(seconds)
     return {
         "runs": len(seconds),
@@ -307,13 +313,34 @@ def timing_summary(seconds: list[float], batch: int, flops_per_image: float) -> 
         "ms_per_batch_max": max(seconds) * 1e3,
         "ms_per_image": median * 1e3 / batch,
         "images_per_s": batch / median,
-        "gflop_per_s": flops_per_image * batch / median / 1e9,
+        "gflop_per_s": None if flops_per_image is None else flops_per_image * batch / median / 1e9,
     }
 
 
-def _final_and_all(outputs: list[torch.Tensor]) -> torch.Tensor:
-    """All stacks' heatmaps as one tensor (a copy, so CUDA-graph output buffers may be reused)."""
+def stacked_outputs(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """All stacks' heatmaps as one ``(stacks, N, J, H, W)`` tensor (a copy: CUDA-graph outputs get reused)."""
     return torch.stack([o.detach() for o in outputs]).clone()
+
+
+def example_input(batch: int, size: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """A reproducible random ``(batch, 3, size, size)`` input in [0, 1)."""
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+    return x.to(device=device, dtype=dtype)
+
+
+def ground_truth(truth_model: nn.Module, reference: nn.Module, x: torch.Tensor, dtype_name: str,
+                 check_images: int = 0) -> tuple[torch.Tensor, float, int]:
+    """What a variant's output on ``x`` is checked against.
+
+    Returns ``(truth, bound, n)``: the float64 reference's stacked outputs on the first ``n``
+    images (``check_images``, or the whole batch when 0), and the bound on
+    :func:`~shg_fast.testing.max_rel_error` for ``dtype_name`` (for bf16, scaled by the error of
+    ``reference`` run in that dtype).
+    """
+    n = x.shape[0] if check_images == 0 else min(x.shape[0], check_images)
+    truth = stacked_outputs(truth_model(x[:n].double()))
+    reference_error = max_rel_error(stacked_outputs(reference(x[:n])), truth)
+    return truth, tolerance(DTYPES[dtype_name][2], reference_error), n
 
 
 def _steps(config: BenchConfig) -> list[tuple[str, int, str]]:
@@ -350,12 +377,8 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
             with precision(dtype_name) as dtype:
                 reference = copy.deepcopy(master).to(device=device, dtype=dtype)
                 for batch in config.batches:
-                    x = torch.rand(batch, 3, config.size, config.size, generator=torch.Generator().manual_seed(batch))
-                    x = x.to(device=device, dtype=dtype)
-                    n_check = batch if config.check_images == 0 else min(batch, config.check_images)
-                    truth = _final_and_all(truth_model(x[:n_check].double()))
-                    reference_error = max_rel_error(_final_and_all(reference(x[:n_check])), truth)
-                    bound = tolerance(DTYPES[dtype_name][2], reference_error)
+                    x = example_input(batch, config.size, device, dtype)
+                    truth, bound, n_check = ground_truth(truth_model, reference, x, dtype_name, config.check_images)
                     for variant in config.variants:
                         if variant == "cuda_graph" and batch != 1:
                             continue
@@ -364,7 +387,7 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
                         try:
                             start = time.perf_counter()
                             fn = build_variant(variant, reference, x)
-                            out = _final_and_all(fn(x))
+                            out = stacked_outputs(fn(x))
                             row["setup_s"] = time.perf_counter() - start
                             row.update(timing_summary(time_calls(fn, x, config.warmup, config.repeats),
                                                       batch, flops))
