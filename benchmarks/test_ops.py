@@ -8,12 +8,11 @@ op's reference twin run in float64.
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import DEVICE, ON_GPU
 from shg_fast import BackendUnavailableError
 from shg_fast.backends import BACKENDS, triton_interpreter
-from shg_fast.benchmarking import DTYPES
+from shg_fast.benchmarking import DTYPES, randomize_batchnorm
 from shg_fast.fusion import FoldedResidual
 from shg_fast.ops import conv_bn_relu, decode_heatmaps, residual_block, upsample_add
 from shg_fast.reference import Residual
@@ -30,13 +29,8 @@ def _rand(*shape):
 
 
 def _residual_block_case(size):
-    module = Residual(FEATURES, FEATURES)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-    block = FoldedResidual.from_module(module.eval()).to(DEVICE)
+    module = randomize_batchnorm(Residual(FEATURES, FEATURES).eval())
+    block = FoldedResidual.from_module(module).to(DEVICE)
     macs = FEATURES * MID + MID * MID * 9 + MID * FEATURES
     return residual_block, (_rand(BATCH, FEATURES, size, size), block), {}, 2 * macs * size * size
 

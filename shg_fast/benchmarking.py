@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import datetime
 import importlib.metadata
+import os
 import platform
 import statistics
 import sys
@@ -42,6 +43,7 @@ __all__ = [
     "precision",
     "time_calls",
     "timing_summary",
+    "randomize_batchnorm",
     "stacked_outputs",
     "example_input",
     "ground_truth",
@@ -244,6 +246,7 @@ def environment(device: str) -> dict:
         "device": device,
         "cpu": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if device == "cuda":
         index = torch.cuda.current_device()
@@ -317,6 +320,21 @@ def timing_summary(seconds: list[float], batch: int, flops_per_image: float | No
     }
 
 
+@torch.no_grad()
+def randomize_batchnorm(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial running statistics and affine parameters (reproducibly).
+
+    A freshly built model has identity BNs, under which a wrong BN folding goes unnoticed.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for tensor, low, high in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 2.0),
+                                      (m.weight, 0.5, 1.5), (m.bias, -0.5, 0.5)):
+                tensor.copy_(torch.empty(tensor.shape).uniform_(low, high, generator=generator))
+    return module
+
+
 def stacked_outputs(outputs: list[torch.Tensor]) -> torch.Tensor:
     """All stacks' heatmaps as one ``(stacks, N, J, H, W)`` tensor (a copy: CUDA-graph outputs get reused)."""
     return torch.stack([o.detach() for o in outputs]).clone()
@@ -364,11 +382,12 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
     ``errors`` (variants that failed to build or run, with the message).
     """
     config.validate()
+    env = environment(config.device)
     device = torch.device(config.device)
     macs = conv_macs(config.stacks, config.size)
     flops = 2 * macs
     torch.manual_seed(0)
-    master = StackedHourglass(num_stacks=config.stacks).eval()
+    master = randomize_batchnorm(StackedHourglass(num_stacks=config.stacks).eval())
     truth_model = copy.deepcopy(master).to(device=device, dtype=torch.float64)
     results, errors = [], []
     bar = _progress(len(_steps(config)), progress)
@@ -404,7 +423,6 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
                                 torch.cuda.empty_cache()
                         bar.update()
     _add_speedups(results)
-    env = environment(config.device)
     if config.device == "cuda":
         env["gpu_after_run"] = gpu_telemetry(torch.cuda.current_device())
     return {
@@ -455,7 +473,8 @@ def _environment_lines(report: dict) -> list[str]:
     lines = [
         f"- device: {env['device']} — {env['device_name']}",
         f"- versions: torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}, Python {env['python']}",
-        f"- host: {env['host']} ({env['platform']}), {env['cpu_threads']} CPU threads",
+        f"- host: {env['host']} ({env['platform']}), {env['cpu_threads']} CPU threads, "
+        f"load average {env['load_average_1m']} at the start (other work on the machine slows every row)",
         f"- date: {env['date']}",
         f"- model: {model['stacks']} stack(s), {model['size']}x{model['size']} input, "
         f"{model['flops_per_image'] / 1e9:.1f} GFLOP/image (convolutions)",
