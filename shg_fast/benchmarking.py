@@ -135,14 +135,15 @@ def default_config(device: str, quick: bool = False) -> BenchConfig:
     """The default run for ``device``; ``quick`` trims it to a fast smoke run.
 
     GPU: 8 stacks, 256x256, batch 1, 8, 32, 64; fp32, TF32, bf16; all four variants; 10 warm-up
-    and 50 timed calls (quick: batch 1 and 8, 3 and 10). CPU (sized to finish in under two
-    minutes on 2 cores): 1 stack, 256x256, batch 1 and 4, fp32, reference and fast, 1 warm-up and
-    3 timed calls (quick: 128x128, batch 1, 1 and 2); the first image of a batch is checked.
+    and 50 timed calls (quick: batch 1 and 8, no torch.compile, 3 and 10). CPU (sized to finish
+    in under two minutes on 2 cores): 1 stack, 256x256, batch 1 and 4, fp32, reference and fast,
+    1 warm-up and 3 timed calls (quick: 128x128, batch 1, 1 and 2); the first image of a batch is checked.
     """
     if device == "cuda":
         return BenchConfig(
             device="cuda", stacks=8, size=256, batches=(1, 8) if quick else (1, 8, 32, 64),
-            dtypes=("fp32", "tf32", "bf16"), variants=VARIANTS,
+            dtypes=("fp32", "tf32", "bf16"),
+            variants=tuple(v for v in VARIANTS if v != "compile") if quick else VARIANTS,
             warmup=3 if quick else 10, repeats=10 if quick else 50,
         )
     return BenchConfig(
@@ -200,6 +201,8 @@ def gpu_telemetry(index: int = 0) -> dict:
     """Driver, SM/memory clocks (MHz), power (W) and temperature (C) from nvidia-ml-py, if installed.
 
     Every field that cannot be read is left out; ``{"nvml": reason}`` when NVML is unusable.
+    ``index`` is taken as the NVML index, which is torch's device index unless
+    ``CUDA_VISIBLE_DEVICES`` reorders the GPUs.
     """
     try:
         import pynvml
@@ -474,7 +477,7 @@ def _environment_lines(report: dict) -> list[str]:
         f"- device: {env['device']} — {env['device_name']}",
         f"- versions: torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}, Python {env['python']}",
         f"- host: {env['host']} ({env['platform']}), {env['cpu_threads']} CPU threads, "
-        f"load average {env['load_average_1m']} at the start (other work on the machine slows every row)",
+        f"load average {_fmt(env['load_average_1m'], '.1f')} at the start (other work on the machine slows every row)",
         f"- date: {env['date']}",
         f"- model: {model['stacks']} stack(s), {model['size']}x{model['size']} input, "
         f"{model['flops_per_image'] / 1e9:.1f} GFLOP/image (convolutions)",

@@ -78,6 +78,7 @@ def test_defaults_per_device():
     assert any("not like for like" in n for n in cpu.notes()) and gpu.notes() == []
     quick = benchmarking.default_config("cpu", quick=True)
     assert quick.size < cpu.size and quick.batches == (1,)
+    assert "compile" not in benchmarking.default_config("cuda", quick=True).variants
 
 
 def test_timing_summary_maths():
