@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["TOLERANCES", "LOW_PRECISION_FACTOR", "RSS_GROWTH_LIMIT_BYTES", "max_rel_error",
+__all__ = ["TOLERANCES", "LOW_PRECISION_FACTOR", "RSS_GROWTH_LIMIT_BYTES", "max_rel_error", "tolerance",
            "assert_close_to_reference"]
 
 #: Bound on max|out - ref| / max|ref| per compute mode, for fp32-class results.
@@ -44,6 +44,18 @@ def max_rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (out64 - ref64).abs().max().item() / max(scale, 1e-30) if ref64.numel() else 0.0
 
 
+def tolerance(mode: str, reference_error: float | None = None) -> float:
+    """The bound on ``max_rel_error`` vs float64 for ``mode`` (a key of :data:`TOLERANCES`).
+
+    For ``float16``/``bfloat16``, ``reference_error`` (the reference run's own error in that
+    dtype) raises the bound to ``LOW_PRECISION_FACTOR * reference_error`` when that is larger.
+    """
+    bound = TOLERANCES[mode]
+    if mode in ("float16", "bfloat16") and reference_error is not None:
+        bound = max(bound, LOW_PRECISION_FACTOR * reference_error)
+    return bound
+
+
 def assert_close_to_reference(out: torch.Tensor, truth: torch.Tensor, mode: str,
                               reference_same_dtype: torch.Tensor | None = None) -> float:
     """Assert ``out`` is within the tolerance of ``mode`` of the float64 ``truth``; returns the error.
@@ -52,9 +64,8 @@ def assert_close_to_reference(out: torch.Tensor, truth: torch.Tensor, mode: str,
     dtype): the bound is then ``max(floor, LOW_PRECISION_FACTOR * its error)``.
     """
     err = max_rel_error(out, truth)
-    bound = TOLERANCES[mode]
-    if mode in ("float16", "bfloat16") and reference_same_dtype is not None:
-        bound = max(bound, LOW_PRECISION_FACTOR * max_rel_error(reference_same_dtype, truth))
+    reference_error = None if reference_same_dtype is None else max_rel_error(reference_same_dtype, truth)
+    bound = tolerance(mode, reference_error)
     if not err <= bound:
         raise AssertionError(f"{mode}: max relative error {err:.3e} exceeds {bound:.3e}")
     return err

@@ -1,0 +1,92 @@
+"""Per-op benchmarks: each fused op on each backend at the network's real shapes.
+
+256 channels at 64², 32², 16², 8², 4² (the hourglass levels; batch 32 on a GPU, 1 on a CPU) and
+heatmap decoding at (N, 16, 64, 64). Backends that cannot run a call are skipped with the
+reason; the Triton interpreter is not timed. Each benchmark checks its result against the
+op's reference twin run in float64.
+"""
+
+import pytest
+import torch
+
+from conftest import DEVICE, ON_GPU
+from shg_fast import BackendUnavailableError
+from shg_fast.backends import BACKENDS, triton_interpreter
+from shg_fast.benchmarking import DTYPES, randomize_batchnorm
+from shg_fast.fusion import FoldedResidual
+from shg_fast.ops import conv_bn_relu, decode_heatmaps, residual_block, upsample_add
+from shg_fast.reference import Residual
+from shg_fast.testing import max_rel_error, tolerance
+
+BATCH = 32 if ON_GPU else 1
+SIZES = (64, 32, 16, 8, 4)
+OP_DTYPES = ("fp32", "bf16") if ON_GPU else ("fp32",)
+FEATURES, MID, JOINTS = 256, 128, 16
+
+
+def _rand(*shape):
+    return torch.rand(*shape, device=DEVICE) * 2 - 1
+
+
+def _residual_block_case(size):
+    module = randomize_batchnorm(Residual(FEATURES, FEATURES).eval())
+    block = FoldedResidual.from_module(module).to(DEVICE)
+    macs = FEATURES * MID + MID * MID * 9 + MID * FEATURES
+    return residual_block, (_rand(BATCH, FEATURES, size, size), block), {}, 2 * macs * size * size
+
+
+def _case(op: str, size: int):
+    """``(fn, args, kwargs, flops per image or None)`` for ``op`` at ``size``x``size``, in float32."""
+    if op == "upsample_add":
+        low, skip = _rand(BATCH, FEATURES, size // 2 or 1, size // 2 or 1), _rand(BATCH, FEATURES, size, size)
+        return upsample_add, (low, skip), {}, None
+    if op == "conv1x1_bn_relu":  # the residual's first conv: BN+ReLU prologue, 256 -> 128
+        args = (_rand(BATCH, FEATURES, size, size), _rand(MID, FEATURES, 1, 1) / 16, _rand(MID))
+        kwargs = dict(in_scale=torch.rand(FEATURES, device=DEVICE) + 0.5, in_shift=_rand(FEATURES),
+                      in_relu=True, out_relu=True)
+        return conv_bn_relu, args, kwargs, 2 * FEATURES * MID * size * size
+    if op == "conv3x3_relu":  # the residual's middle conv, 128 -> 128
+        args = (_rand(BATCH, MID, size, size), _rand(MID, MID, 3, 3) / 32, _rand(MID))
+        return conv_bn_relu, args, dict(out_relu=True), 2 * MID * MID * 9 * size * size
+    if op == "residual_block":
+        return _residual_block_case(size)
+    if op == "decode_heatmaps":
+        return decode_heatmaps, (torch.rand(BATCH, JOINTS, size, size, device=DEVICE),), {}, None
+    raise AssertionError(op)
+
+
+def _cast(value, dtype):
+    if isinstance(value, (torch.Tensor, FoldedResidual)):
+        return value.to(dtype)
+    return value
+
+
+def _as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+CASES = [(op, size) for op in ("upsample_add", "conv1x1_bn_relu", "conv3x3_relu", "residual_block")
+         for size in SIZES] + [("decode_heatmaps", 64)]
+
+
+@pytest.mark.parametrize("dtype_name", OP_DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op, size", CASES)
+def test_op(op, size, backend, dtype_name, timed, benchmark):
+    if backend == "triton" and triton_interpreter():
+        pytest.skip("TRITON_INTERPRET=1: the Triton interpreter is not timed")
+    dtype = DTYPES[dtype_name][0]
+    fn, args, kwargs, flops = _case(op, size)
+    args = tuple(_cast(a, dtype) for a in args)
+    kwargs = {k: _cast(v, dtype) for k, v in kwargs.items()}
+    try:
+        fn(*args, **kwargs, backend=backend)
+    except BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+    benchmark.group = f"{op} {size}x{size} batch {BATCH} {dtype_name}"
+    out = timed(fn, *args, images=BATCH, flops_per_image=flops, backend=backend, **kwargs)
+    truth = fn(*(_cast(a, torch.float64) for a in args), backend="reference",
+               **{k: _cast(v, torch.float64) for k, v in kwargs.items()})
+    same_dtype = fn(*args, **kwargs, backend="reference")
+    for got, ref, want in zip(_as_tuple(out), _as_tuple(same_dtype), _as_tuple(truth)):
+        assert max_rel_error(got, want) <= tolerance(DTYPES[dtype_name][2], max_rel_error(ref, want))

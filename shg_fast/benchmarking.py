@@ -1,0 +1,529 @@
+"""Timing the Stacked Hourglass variants side by side: the library behind ``shg-fast bench``.
+
+:func:`run_benchmark` times every variant of :mod:`shg_fast.variants` for each (dtype, batch)
+of a :class:`BenchConfig` on one device, checks each variant's output against a float64 run
+of the reference on the same input (tolerances from :mod:`shg_fast.testing`), and returns a
+JSON-ready report. :func:`format_table`, :func:`format_markdown` and :func:`plot_report` render it.
+
+Timing: on a GPU, CUDA events around each call after a warm-up, synchronised, median of the
+runs; on a CPU, ``time.perf_counter`` around each call, median of the runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import datetime
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .reference import StackedHourglass
+from .testing import max_rel_error, tolerance
+from .variants import VARIANTS, build_variant
+
+__all__ = [
+    "PAPER_MS_PER_IMAGE",
+    "DTYPES",
+    "SCHEMA_VERSION",
+    "BenchConfig",
+    "default_config",
+    "conv_macs",
+    "environment",
+    "gpu_telemetry",
+    "precision",
+    "time_calls",
+    "timing_summary",
+    "randomize_batchnorm",
+    "stacked_outputs",
+    "example_input",
+    "ground_truth",
+    "run_benchmark",
+    "format_table",
+    "format_markdown",
+    "plot_report",
+]
+
+#: The paper's speed: one prediction, 8 stacks, 256x256, Titan X, original Torch7 code.
+PAPER_MS_PER_IMAGE = 75.0
+SCHEMA_VERSION = 1
+
+#: Benchmark dtype name -> (tensor dtype, TF32 allowed, tolerance mode in shg_fast.testing.TOLERANCES).
+DTYPES = {
+    "fp32": (torch.float32, False, "float32"),
+    "tf32": (torch.float32, True, "tf32"),
+    "bf16": (torch.bfloat16, False, "bfloat16"),
+}
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """What one benchmark run times.
+
+    Attributes:
+        device: ``"cpu"`` or ``"cuda"``.
+        stacks: hourglass stacks of the model (8 in the paper).
+        size: input height and width (a multiple of 64).
+        batches: batch sizes to time.
+        dtypes: names from :data:`DTYPES`.
+        variants: names from :data:`shg_fast.variants.VARIANTS`; ``cuda_graph`` runs at batch 1 only.
+        warmup: untimed calls before timing each variant.
+        repeats: timed calls; the median is reported.
+        check_images: images of each batch compared with the float64 reference (0: the whole batch).
+    """
+
+    device: str
+    stacks: int
+    size: int
+    batches: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    variants: tuple[str, ...]
+    warmup: int
+    repeats: int
+    check_images: int = 0
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but torch.cuda.is_available() is False")
+        for name, value, low in (("stacks", self.stacks, 1), ("warmup", self.warmup, 0),
+                                 ("repeats", self.repeats, 1), ("check_images", self.check_images, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.size <= 0 or self.size % 64:
+            raise ValueError(f"size must be a positive multiple of 64, got {self.size}")
+        if not self.batches or any(not isinstance(b, int) or b < 1 for b in self.batches):
+            raise ValueError(f"batch sizes must be positive integers, got {list(self.batches)}")
+        for name, given, allowed in (("dtype", self.dtypes, tuple(DTYPES)), ("variant", self.variants, VARIANTS)):
+            bad = [g for g in given if g not in allowed]
+            if not given or bad:
+                raise ValueError(f"unknown {name} {bad or given!r}; expected some of {', '.join(allowed)}")
+        if self.device == "cpu" and "tf32" in self.dtypes:
+            raise ValueError("dtype tf32 needs a CUDA device (TF32 is a GPU tensor-core mode)")
+
+    def notes(self) -> list[str]:
+        """Sentences printed with the results: where this run differs from the paper's setting."""
+        notes = []
+        if (self.stacks, self.size) != (8, 256):
+            notes.append(f"{self.stacks} stack(s) at {self.size}x{self.size}: the paper's 75 ms/image is 8 stacks at "
+                         "256x256 on a Titan X, so the 'vs paper' column is not like for like"
+                         + (" (CPU default, sized to finish in two minutes on 2 cores; --stacks 8 for the full "
+                            "model)" if self.device == "cpu" else ""))
+        missing = [v for v in VARIANTS if v not in self.variants]
+        if missing:
+            notes.append(f"not timed: {', '.join(missing)} (add with --variants; torch.compile takes minutes "
+                         "to compile on a small CPU)")
+        if self.repeats < 10:
+            notes.append(f"{self.repeats} timed call(s) per row: a rough figure")
+        if self.check_images:
+            notes.append(f"outputs checked against float64 on the first {self.check_images} image(s) of each batch")
+        return notes
+
+
+def default_config(device: str, quick: bool = False) -> BenchConfig:
+    """The default run for ``device``; ``quick`` trims it to a fast smoke run.
+
+    GPU: 8 stacks, 256x256, batch 1, 8, 32, 64; fp32, TF32, bf16; all four variants; 10 warm-up
+    and 50 timed calls (quick: batch 1 and 8, no torch.compile, 3 and 10). CPU (sized to finish
+    in under two minutes on 2 cores): 1 stack, 256x256, batch 1 and 4, fp32, reference and fast,
+    1 warm-up and 3 timed calls (quick: 128x128, batch 1, 1 and 2); the first image of a batch is checked.
+    """
+    if device == "cuda":
+        return BenchConfig(
+            device="cuda", stacks=8, size=256, batches=(1, 8) if quick else (1, 8, 32, 64),
+            dtypes=("fp32", "tf32", "bf16"),
+            variants=tuple(v for v in VARIANTS if v != "compile") if quick else VARIANTS,
+            warmup=3 if quick else 10, repeats=10 if quick else 50,
+        )
+    return BenchConfig(
+        device="cpu", stacks=1, size=128 if quick else 256, batches=(1,) if quick else (1, 4),
+        dtypes=("fp32",), variants=("reference", "fast"), warmup=1, repeats=2 if quick else 3,
+        check_images=1,
+    )
+
+
+def conv_macs(stacks: int = 8, size: int = 256, num_features: int = 256, num_joints: int = 16,
+              num_modules: int = 1) -> int:
+    """Multiply-accumulates of every convolution for one ``size x size`` image.
+
+    Counted by running the reference model on the meta device (no memory, no arithmetic):
+    ``out_elements * in_channels / groups * kh * kw`` per conv; biases, BN, pooling and adds
+    are not counted. 8 stacks at 256x256 gives 27.44 GMAC (54.9 GFLOP at 2 FLOP per MAC).
+    """
+    with torch.device("meta"):
+        model = StackedHourglass(stacks, num_features, num_joints, num_modules).eval()
+        x = torch.empty(1, 3, size, size)
+    total = 0
+
+    def count(conv: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = conv.kernel_size
+        total += output.numel() * (conv.in_channels // conv.groups) * kh * kw
+
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(count)
+    with torch.no_grad():
+        model(x)
+    return total
+
+
+def _distribution_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_telemetry(index: int = 0) -> dict:
+    """Driver, SM/memory clocks (MHz), power (W) and temperature (C) from nvidia-ml-py, if installed.
+
+    Every field that cannot be read is left out; ``{"nvml": reason}`` when NVML is unusable.
+    ``index`` is taken as the NVML index, which is torch's device index unless
+    ``CUDA_VISIBLE_DEVICES`` reorders the GPUs.
+    """
+    try:
+        import pynvml
+    except ImportError:
+        return {"nvml": "nvidia-ml-py not installed (pip install nvidia-ml-py)"}
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVML missing or no permission: telemetry is optional
+        return {"nvml": f"nvmlInit failed: {exc}"}
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        readings = {
+            "driver": lambda: pynvml.nvmlSystemGetDriverVersion(),
+            "sm_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+            "mem_clock_mhz": lambda: pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+            "max_sm_clock_mhz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),
+            "max_mem_clock_mhz": lambda: pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM),
+            "power_w": lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0,
+            "power_limit_w": lambda: pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000.0,
+            "temperature_c": lambda: pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU),
+        }
+        info = {}
+        for key, read in readings.items():
+            try:
+                value = read()
+            except Exception:  # a field this GPU/driver does not report
+                continue
+            info[key] = value.decode() if isinstance(value, bytes) else value
+        return info
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def environment(device: str) -> dict:
+    """Machine, versions and (on a GPU) telemetry for a report; never initialises CUDA for ``cpu``."""
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "triton": _distribution_version("triton"),
+        "cuda": torch.version.cuda,
+        "device": device,
+        "cpu": _cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    if device == "cuda":
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        env.update(
+            device_name=props.name, capability=f"sm_{props.major}{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1), cudnn=torch.backends.cudnn.version(),
+            gpu=gpu_telemetry(index),
+        )
+    else:
+        env["device_name"] = env["cpu"]
+    return env
+
+
+@contextlib.contextmanager
+def precision(dtype_name: str) -> Iterator[torch.dtype]:
+    """Set TF32 on (``tf32``) or off (``fp32``, ``bf16``) for cuDNN and matmuls; yields the tensor dtype."""
+    dtype, tf32, _ = DTYPES[dtype_name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # newer torch warns that the allow_tf32 flags are legacy
+        old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        yield dtype
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def time_calls(fn: Callable[[torch.Tensor], object], x: torch.Tensor, warmup: int, repeats: int) -> list[float]:
+    """Seconds taken by each of ``repeats`` calls ``fn(x)`` after ``warmup`` untimed ones.
+
+    CUDA inputs: a pair of CUDA events around each call, read after one final synchronise.
+    CPU inputs: ``time.perf_counter`` around each call.
+    """
+    for _ in range(warmup):
+        fn(x)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(repeats)]
+        for start, end in events:
+            start.record()
+            fn(x)
+            end.record()
+        torch.cuda.synchronize(x.device)
+        return [start.elapsed_time(end) / 1000.0 for start, end in events]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def timing_summary(seconds: list[float], batch: int, flops_per_image: float | None) -> dict:
+    """ms per batch (median, min, max), ms/image, images/s and achieved GFLOP/s from per-call times.
+
+    ``gflop_per_s`` is None when ``flops_per_image`` is None (ops whose work is not FLOPs).
+    """
+    median = statistics.median(seconds)
+    return {
+        "runs": len(seconds),
+        "ms_per_batch_median": median * 1e3,
+        "ms_per_batch_min": min(seconds) * 1e3,
+        "ms_per_batch_max": max(seconds) * 1e3,
+        "ms_per_image": median * 1e3 / batch,
+        "images_per_s": batch / median,
+        "gflop_per_s": None if flops_per_image is None else flops_per_image * batch / median / 1e9,
+    }
+
+
+@torch.no_grad()
+def randomize_batchnorm(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial running statistics and affine parameters (reproducibly).
+
+    A freshly built model has identity BNs, under which a wrong BN folding goes unnoticed.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for tensor, low, high in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 2.0),
+                                      (m.weight, 0.5, 1.5), (m.bias, -0.5, 0.5)):
+                tensor.copy_(torch.empty(tensor.shape).uniform_(low, high, generator=generator))
+    return module
+
+
+def stacked_outputs(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """All stacks' heatmaps as one ``(stacks, N, J, H, W)`` tensor (a copy: CUDA-graph outputs get reused)."""
+    return torch.stack([o.detach() for o in outputs]).clone()
+
+
+def example_input(batch: int, size: int, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """A reproducible random ``(batch, 3, size, size)`` input in [0, 1)."""
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+    return x.to(device=device, dtype=dtype)
+
+
+def ground_truth(truth_model: nn.Module, reference: nn.Module, x: torch.Tensor, dtype_name: str,
+                 check_images: int = 0) -> tuple[torch.Tensor, float, int]:
+    """What a variant's output on ``x`` is checked against.
+
+    Returns ``(truth, bound, n)``: the float64 reference's stacked outputs on the first ``n``
+    images (``check_images``, or the whole batch when 0), and the bound on
+    :func:`~shg_fast.testing.max_rel_error` for ``dtype_name`` (for bf16, scaled by the error of
+    ``reference`` run in that dtype).
+    """
+    n = x.shape[0] if check_images == 0 else min(x.shape[0], check_images)
+    truth = stacked_outputs(truth_model(x[:n].double()))
+    reference_error = max_rel_error(stacked_outputs(reference(x[:n])), truth)
+    return truth, tolerance(DTYPES[dtype_name][2], reference_error), n
+
+
+def _steps(config: BenchConfig) -> list[tuple[str, int, str]]:
+    return [(d, b, v) for d in config.dtypes for b in config.batches for v in config.variants
+            if not (v == "cuda_graph" and b != 1)]
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, file=sys.stderr, unit="run", leave=False)
+
+
+def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
+    """Time every (dtype, batch, variant) of ``config``; returns the JSON-ready report.
+
+    Report keys: ``schema``, ``environment``, ``config``, ``notes``, ``model`` (stacks, size,
+    conv MACs and FLOPs per image), ``paper_ms_per_image``, ``results`` (one dict per timed
+    variant: timings from :func:`timing_summary`, ``setup_s``, ``max_rel_error`` vs the float64
+    reference, its ``tolerance``, ``agrees``, ``speedup_vs_reference``, ``speedup_vs_paper``) and
+    ``errors`` (variants that failed to build or run, with the message).
+    """
+    config.validate()
+    env = environment(config.device)
+    device = torch.device(config.device)
+    macs = conv_macs(config.stacks, config.size)
+    flops = 2 * macs
+    torch.manual_seed(0)
+    master = randomize_batchnorm(StackedHourglass(num_stacks=config.stacks).eval())
+    truth_model = copy.deepcopy(master).to(device=device, dtype=torch.float64)
+    results, errors = [], []
+    bar = _progress(len(_steps(config)), progress)
+    with torch.inference_mode(), bar:
+        for dtype_name in config.dtypes:
+            with precision(dtype_name) as dtype:
+                reference = copy.deepcopy(master).to(device=device, dtype=dtype)
+                for batch in config.batches:
+                    x = example_input(batch, config.size, device, dtype)
+                    truth, bound, n_check = ground_truth(truth_model, reference, x, dtype_name, config.check_images)
+                    for variant in config.variants:
+                        if variant == "cuda_graph" and batch != 1:
+                            continue
+                        bar.set_description(f"{variant} batch {batch} {dtype_name}")
+                        row = {"variant": variant, "batch": batch, "dtype": dtype_name}
+                        try:
+                            start = time.perf_counter()
+                            fn = build_variant(variant, reference, x)
+                            out = stacked_outputs(fn(x))
+                            row["setup_s"] = time.perf_counter() - start
+                            row.update(timing_summary(time_calls(fn, x, config.warmup, config.repeats),
+                                                      batch, flops))
+                        except Exception as exc:  # a broken variant is reported, the others still run
+                            errors.append({**row, "error": f"{type(exc).__name__}: {exc}"})
+                        else:
+                            err = max_rel_error(out[:, :n_check], truth)
+                            row.update(max_rel_error=err, tolerance=bound, agrees=err <= bound,
+                                       checked_images=n_check)
+                            results.append(row)
+                        finally:
+                            fn = out = None
+                            if device.type == "cuda":
+                                torch.cuda.empty_cache()
+                        bar.update()
+    _add_speedups(results)
+    if config.device == "cuda":
+        env["gpu_after_run"] = gpu_telemetry(torch.cuda.current_device())
+    return {
+        "schema": SCHEMA_VERSION,
+        "environment": env,
+        "config": dataclasses.asdict(config),
+        "notes": config.notes(),
+        "model": {"stacks": config.stacks, "size": config.size, "conv_macs_per_image": macs,
+                  "flops_per_image": flops},
+        "paper_ms_per_image": PAPER_MS_PER_IMAGE,
+        "results": results,
+        "errors": errors,
+    }
+
+
+def _add_speedups(results: list[dict]) -> None:
+    reference_ms = {(r["dtype"], r["batch"]): r["ms_per_image"] for r in results if r["variant"] == "reference"}
+    for r in results:
+        base = reference_ms.get((r["dtype"], r["batch"]))
+        r["speedup_vs_reference"] = None if base is None else base / r["ms_per_image"]
+        r["speedup_vs_paper"] = PAPER_MS_PER_IMAGE / r["ms_per_image"]
+
+
+TABLE_COLUMNS = ("dtype", "batch", "variant", "ms/image", "images/s", "GFLOP/s", "vs reference",
+                 "vs paper 75 ms", "max rel err", "tolerance", "agrees")
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def format_table(report: dict) -> str:
+    """The results as a Markdown table, one row per (dtype, batch, variant), then any errors."""
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for r in report["results"]:
+        cells = (r["dtype"], str(r["batch"]), r["variant"], _fmt(r["ms_per_image"], ".2f"),
+                 _fmt(r["images_per_s"], ".1f"), _fmt(r["gflop_per_s"], ".0f"),
+                 _fmt(r["speedup_vs_reference"], ".2f", "x"), _fmt(r["speedup_vs_paper"], ".2f", "x"),
+                 f"{r['max_rel_error']:.1e}", f"{r['tolerance']:.1e}", "yes" if r["agrees"] else "NO")
+        lines.append("| " + " | ".join(cells) + " |")
+    for e in report["errors"]:
+        lines.append(f"\nerror: {e['variant']} batch {e['batch']} {e['dtype']}: {e['error']}")
+    return "\n".join(lines)
+
+
+def _environment_lines(report: dict) -> list[str]:
+    env, model = report["environment"], report["model"]
+    lines = [
+        f"- device: {env['device']} — {env['device_name']}",
+        f"- versions: torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}, Python {env['python']}",
+        f"- host: {env['host']} ({env['platform']}), {env['cpu_threads']} CPU threads, "
+        f"load average {_fmt(env['load_average_1m'], '.1f')} at the start (other work on the machine slows every row)",
+        f"- date: {env['date']}",
+        f"- model: {model['stacks']} stack(s), {model['size']}x{model['size']} input, "
+        f"{model['flops_per_image'] / 1e9:.1f} GFLOP/image (convolutions)",
+    ]
+    for key in ("gpu", "gpu_after_run"):
+        if key in env:
+            lines.append(f"- {key.replace('_', ' ')}: " + ", ".join(f"{k} {v}" for k, v in env[key].items()))
+    cfg = report["config"]
+    lines.append(f"- timing: {cfg['warmup']} warm-up and {cfg['repeats']} timed calls per row, median; "
+                 + ("CUDA events" if env["device"] == "cuda" else "time.perf_counter"))
+    return lines
+
+
+def format_markdown(report: dict) -> str:
+    """A self-contained Markdown page: machine, versions, date, notes and the results table."""
+    env = report["environment"]
+    parts = [f"# shg_fast bench: {env['device_name']}, {env['date'][:10]}", "", *_environment_lines(report), ""]
+    parts += [f"Note: {n}" for n in report["notes"]]
+    parts += ["", format_table(report), "",
+              f"Paper: {report['paper_ms_per_image']:.0f} ms/image (single prediction, 8 stacks, Titan X, Torch7).", ""]
+    return "\n".join(parts)
+
+
+def plot_report(report: dict, path: str) -> None:
+    """Draw ms/image against batch size, one panel per dtype, a line per variant, to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    dtypes = list(dict.fromkeys(r["dtype"] for r in report["results"])) or ["fp32"]
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(5 * len(dtypes), 4), squeeze=False)
+    for ax, dtype_name in zip(axes[0], dtypes):
+        for variant in VARIANTS:
+            rows = sorted((r for r in report["results"] if r["dtype"] == dtype_name and r["variant"] == variant),
+                          key=lambda r: r["batch"])
+            if rows:
+                ax.plot([r["batch"] for r in rows], [r["ms_per_image"] for r in rows], marker="o", label=variant)
+        ax.axhline(report["paper_ms_per_image"], color="grey", linestyle="--", label="paper (Titan X, 8 stacks)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("ms per image")
+        ax.set_title(f"{dtype_name}, {report['model']['stacks']} stack(s), {report['environment']['device_name']}",
+                     fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
