@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "../checks.h"
 #include "kernels.h"
 
 namespace shg_fast::cpu {
@@ -54,7 +55,7 @@ void upsample_add_nhwc(const scalar_t* low, const scalar_t* skip, scalar_t* out,
 }  // namespace
 
 at::Tensor upsample_add(const at::Tensor& low_in, const at::Tensor& skip_in) {
-  const bool nhwc = !skip_in.is_contiguous() && skip_in.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool nhwc = prefers_channels_last(skip_in);
   const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   const at::Tensor skip = skip_in.contiguous(format);
   const at::Tensor low = low_in.contiguous(format);
