@@ -12,6 +12,7 @@ from shg_fast import _extension
 from shg_fast.backends import BackendUnavailableError
 from shg_fast.fusion import FoldedResidual
 from shg_fast.ops import residual_block
+from shg_fast.ops.cuda_backend import prepack_for_cuda
 from shg_fast.reference import Residual
 
 pytestmark = pytest.mark.skipif(
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
 def test_residual_block_256(benchmark, backend, size, batch, dtype):
     torch.manual_seed(0)
-    block = FoldedResidual.from_module(Residual(256, 256).eval()).to(device="cuda", dtype=dtype)
+    block = prepack_for_cuda(FoldedResidual.from_module(Residual(256, 256).eval()).to(device="cuda", dtype=dtype))
     x = torch.randn(batch, 256, size, size, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
     try:
         residual_block(x, block, backend=backend)

@@ -88,7 +88,8 @@ at::Tensor residual_block_cuda(const at::Tensor& x_in, const at::Tensor& in_scal
   const bool nhwc = prefers_channels_last(x_in);
   const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   const int64_t Cmid = w1.size(0), Cout = w3.size(0);
-  // The kernel works in NHWC with 2-D 1x1 weights and tap-major 3x3 weights [dy][dx][out][in].
+  // The kernel works in NHWC with 2-D 1x1 weights and tap-major 3x3 weights [dy][dx][out][in]
+  // (no copy when w2 is already stored that way: shg_fast.ops.cuda_backend.prepack_for_cuda).
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor w2_taps = w2.permute({2, 3, 0, 1}).contiguous();
   const at::Tensor w1c = w1.contiguous(), w3c = w3.contiguous();

@@ -9,6 +9,8 @@ module never touches the GPU, and without the extension it registers nothing.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from .. import _extension
@@ -16,7 +18,7 @@ from ..fusion import FoldedResidual
 from .conv_bn_relu import SUPPORTED_DTYPES
 from .residual_block import RESIDUAL_BLOCK
 
-__all__ = ["residual_block_extension", "cuda_smem_bytes"]
+__all__ = ["residual_block_extension", "cuda_smem_bytes", "prepack_for_cuda"]
 
 # Mirrors of the tile constants in csrc/cuda/residual_block.cu (used to predict shared memory).
 _HALO_ROWS = 112  # (4 + 2) * (16 + 2) halo pixels, padded to a multiple of 16
@@ -41,6 +43,16 @@ def cuda_smem_bytes(x: torch.Tensor, block: FoldedResidual) -> int:
     if tensor_cores:
         total += (_align128(_TILE_PIXELS * cin * elem) if block.ws is not None else 0) + _STAGE_BYTES
     return total
+
+
+def prepack_for_cuda(block: FoldedResidual) -> FoldedResidual:
+    """A copy of ``block`` whose ``w2`` is stored tap-major (``[dy][dx][out][in]``) as the CUDA kernel reads it.
+
+    Same values and shapes, so every backend accepts it; the CUDA backend then skips the per-call
+    re-layout copy of ``w2`` (one small extra kernel launch). Call once per block, after ``.to()``.
+    """
+    w2 = block.w2.permute(2, 3, 0, 1).contiguous().permute(2, 3, 0, 1)
+    return dataclasses.replace(block, w2=w2)
 
 
 def residual_block_extension(x: torch.Tensor, block: FoldedResidual,

@@ -13,6 +13,7 @@ from shg_fast.ops import (
     upsample_add,
     upsample_add_reference,
 )
+from shg_fast.ops.cuda_backend import prepack_for_cuda
 from shg_fast.testing import assert_close_to_reference
 
 from .test_residual_block_cpu import make_block, make_inputs
@@ -102,6 +103,15 @@ def test_residual_block_network_sizes(size, batch, dtype, cin, cout, poison_empt
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_residual_block_nchw_input(channels_last, poison_empty):
     _check_block(128, 128, 2, 16, 16, torch.bfloat16, with_upsample=False, channels_last=channels_last)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_residual_block_prepacked_weights_give_identical_results(dtype):
+    block = make_block(64, 128).to(device="cuda", dtype=dtype)
+    x, up = make_inputs(64, 128, 9, 20, dtype=dtype)
+    x, up = x.cuda().to(memory_format=torch.channels_last), up.cuda()
+    out = residual_block(x, block, up, backend="cuda")
+    assert torch.equal(residual_block(x, prepack_for_cuda(block), up, backend="cuda"), out)
 
 
 def test_residual_block_opcheck():

@@ -5,7 +5,7 @@ import torch
 
 from shg_fast.fusion import FoldedResidual
 from shg_fast.ops import residual_block, residual_block_reference
-from shg_fast.ops.cuda_backend import cuda_smem_bytes, residual_block_extension
+from shg_fast.ops.cuda_backend import cuda_smem_bytes, prepack_for_cuda, residual_block_extension
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK
 from shg_fast.reference import Residual
 from shg_fast.testing import assert_close_to_reference
@@ -118,3 +118,12 @@ def test_shared_memory_of_the_tensor_core_path():
     # bf16, 256 -> 256 (identity): a1 112 x 256, h1 112 x 128 (2 bytes each), 8 warps x 16 x 16 fp32 staging.
     block = make_block(256, 256, torch.bfloat16)
     assert cuda_smem_bytes(torch.empty(0, dtype=torch.bfloat16), block) == 112 * 256 * 2 + 112 * 128 * 2 + 8192
+
+
+def test_prepacked_block_has_tap_major_w2_and_same_results():
+    block = make_block(19, 38)
+    packed = prepack_for_cuda(block)
+    assert torch.equal(packed.w2, block.w2)
+    assert packed.w2.permute(2, 3, 0, 1).is_contiguous()  # what the CUDA glue reads without a copy
+    x, up = make_inputs(19, 38, 5, 7)
+    assert torch.equal(residual_block(x, packed, up, backend="cpu"), residual_block(x, block, up, backend="cpu"))
