@@ -127,7 +127,8 @@ __device__ __forceinline__ void wmma_epilogue(const nvcuda::wmma::fragment<nvcud
 }
 
 template <typename T, typename index_t, bool kTensorCores>
-__global__ void __launch_bounds__(kThreads) residual_block_kernel(Params<T> p) {
+__global__ void __launch_bounds__(kThreads) residual_block_kernel(
+    Params<T> p) {  // pointers (as shg_residual_block_args in launchers.h), sizes, tiling and channel chunk
   using Acc = acc_t<T>;
   extern __shared__ __align__(128) unsigned char smem[];
   const SmemLayout layout = smem_layout(p.Cin, p.Cmid, sizeof(T), kTensorCores, p.ws != nullptr);
