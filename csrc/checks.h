@@ -11,6 +11,12 @@ inline void check_float_dtype(const at::Tensor& t, const char* op, const char* n
               " must be float32, float64, float16 or bfloat16, got ", s);
 }
 
+// True when t is channels_last-contiguous and not plainly contiguous: the kernels then work in NHWC
+// and return NHWC; otherwise NCHW. (A tensor that is both, e.g. with C == 1, counts as NCHW.)
+inline bool prefers_channels_last(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 inline void check_upsample_add(const at::Tensor& low, const at::Tensor& skip) {
   TORCH_CHECK(low.dim() == 4 && skip.dim() == 4, "upsample_add: low and skip must be 4-D (N, C, H, W), got ",
               low.sizes(), " and ", skip.sizes());
@@ -44,6 +50,44 @@ inline void check_decode_heatmaps(const at::Tensor& heatmaps, const c10::optiona
     for (int64_t j : flip_perm) {
       TORCH_CHECK(j >= 0 && j < k, "decode_heatmaps: flip_perm entry ", j, " outside 0..", k - 1);
     }
+  }
+}
+
+// Shape, dtype and device of the folded residual block (see shg_fast.fusion.FoldedResidual).
+inline void check_residual_block(const at::Tensor& x, const at::Tensor& in_scale, const at::Tensor& in_shift,
+                                 const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
+                                 const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
+                                 const c10::optional<at::Tensor>& ws, const c10::optional<at::Tensor>& bs,
+                                 const c10::optional<at::Tensor>& upsample) {
+  TORCH_CHECK(x.dim() == 4, "residual_block: x must be 4-D (N, C, H, W), got ", x.sizes());
+  check_float_dtype(x, "residual_block", "x");
+  TORCH_CHECK(w1.dim() == 4 && w3.dim() == 4, "residual_block: w1 and w3 must be 4-D conv weights, got ", w1.sizes(),
+              " and ", w3.sizes());
+  const int64_t cin = x.size(1), mid = w1.size(0), cout = w3.size(0);
+  TORCH_CHECK(ws.has_value() == bs.has_value(), "residual_block: ws and bs must be given together");
+  TORCH_CHECK(ws.has_value() || cin == cout, "residual_block: the identity skip needs C_in == C_out, got ", cin,
+              " and ", cout, " (pass ws and bs for a projection)");
+  const auto check = [&](const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+    TORCH_CHECK(t.sizes() == shape, "residual_block: ", name, " must have shape ", shape, ", got ", t.sizes());
+    TORCH_CHECK(t.scalar_type() == x.scalar_type(), "residual_block: ", name, " dtype ", t.scalar_type(),
+                " differs from x ", x.scalar_type());
+    TORCH_CHECK(t.device() == x.device(), "residual_block: ", name, " must be on ", x.device(), ", got ",
+                t.device());
+  };
+  check(in_scale, "in_scale", {cin});
+  check(in_shift, "in_shift", {cin});
+  check(w1, "w1", {mid, cin, 1, 1});
+  check(b1, "b1", {mid});
+  check(w2, "w2", {mid, mid, 3, 3});
+  check(b2, "b2", {mid});
+  check(w3, "w3", {cout, mid, 1, 1});
+  check(b3, "b3", {cout});
+  if (ws.has_value()) {
+    check(*ws, "ws", {cout, cin, 1, 1});
+    check(*bs, "bs", {cout});
+  }
+  if (upsample.has_value()) {
+    check(*upsample, "upsample", {x.size(0), cout, (x.size(2) + 1) / 2, (x.size(3) + 1) / 2});
   }
 }
 

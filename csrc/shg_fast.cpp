@@ -17,4 +17,9 @@ TORCH_LIBRARY(shg_fast, m) {
   // Argmax with quarter-pixel refinement, optional flip-test averaging (flip_perm: joint
   // permutation, empty for identity). Returns (coords (N,K,2) f32, maxvals (N,K) f32).
   m.def("decode_heatmaps(Tensor heatmaps, Tensor? flipped, int[] flip_perm) -> (Tensor, Tensor)");
+  // Eval-mode residual block on shg_fast.fusion.FoldedResidual's tensors (ws/bs: projection skip or
+  // None for the identity), plus nearest-2x upsample (N, C_out, ceil(H/2), ceil(W/2)) when given.
+  // The output is channels_last exactly when x is channels_last and not contiguous.
+  m.def("residual_block(Tensor x, Tensor in_scale, Tensor in_shift, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
+        "Tensor w3, Tensor b3, Tensor? ws, Tensor? bs, Tensor? upsample) -> Tensor");
 }
