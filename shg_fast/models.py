@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MODEL_KINDS", "DEFAULT_CONFIG", "model_class", "build_model", "save_checkpoint",
+__all__ = ["ModelUnavailableError", "MODEL_KINDS", "DEFAULT_CONFIG", "model_class", "build_model", "save_checkpoint",
            "load_checkpoint", "model_from_checkpoint", "SHIPPED_CHECKPOINT"]
 
 MODEL_KINDS = ("fast", "reference")
@@ -25,6 +25,10 @@ DEFAULT_CONFIG = {"num_stacks": 8, "num_features": 256, "num_joints": 16, "num_m
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "synthetic_small.pt"
 
 
+class ModelUnavailableError(RuntimeError):
+    """The requested model implementation is not part of this build."""
+
+
 def model_class(kind: str = "fast") -> type[nn.Module]:
     """The model class for ``kind``: ``"fast"`` (shg_fast.StackedHourglass) or ``"reference"``."""
     if kind == "reference":
@@ -34,7 +38,8 @@ def model_class(kind: str = "fast") -> type[nn.Module]:
         import shg_fast
         fast = getattr(shg_fast, "StackedHourglass", None)
         if fast is None:
-            raise RuntimeError("the fast model shg_fast.StackedHourglass is not available in this build")
+            raise ModelUnavailableError("the fast model shg_fast.StackedHourglass is not available in this "
+                                        "build; use --model reference")
         return fast
     raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
 

@@ -169,8 +169,9 @@ def train(args: argparse.Namespace) -> dict:
     for epoch in range(start_epoch, args.epochs):
         if args.max_steps and step >= args.max_steps:
             break
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        for epoch_aware in (sampler, train_set):
+            if hasattr(epoch_aware, "set_epoch"):
+                epoch_aware.set_epoch(epoch)
         gen.manual_seed(args.seed + epoch)
         loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
                             generator=gen, num_workers=args.workers, drop_last=True)

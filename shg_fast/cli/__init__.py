@@ -13,7 +13,7 @@ import sys
 
 __all__ = ["COMMANDS", "CLIError", "main"]
 
-COMMANDS = ("info", "bench")
+COMMANDS = ("info", "bench", "eval", "train", "predict")
 
 
 class CLIError(Exception):

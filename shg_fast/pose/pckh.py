@@ -14,7 +14,7 @@ import numpy as np
 from .joints import MPII_JOINTS, PCKH_JOINTS
 
 __all__ = ["pck", "pck_curve", "load_annotations", "load_predictions", "evaluate_files",
-           "save_pck_curve", "format_table"]
+           "save_pck_curve", "format_table", "read_h5"]
 
 ANNOTATION_KEYS = ("part", "normalize")
 
@@ -109,7 +109,8 @@ def save_pck_curve(path: str | os.PathLike, curve: dict, title: str = "PCKh") ->
     plt.close(fig)
 
 
-def _read_h5(path: str | os.PathLike, keys) -> dict:
+def read_h5(path: str | os.PathLike, keys) -> dict:
+    """The datasets ``keys`` of an .h5 as arrays; FileNotFoundError / ValueError (missing key, not HDF5)."""
     import h5py
 
     if not os.path.isfile(path):
@@ -126,7 +127,7 @@ def _read_h5(path: str | os.PathLike, keys) -> dict:
 
 def load_annotations(path: str | os.PathLike) -> dict:
     """``part`` (N, 16, 2) 1-based and ``normalize`` (N,) from an MPII-style .h5; ValueError on a bad layout."""
-    ann = _read_h5(path, ANNOTATION_KEYS)
+    ann = read_h5(path, ANNOTATION_KEYS)
     part, norm = ann["part"].astype(np.float64), ann["normalize"].astype(np.float64).reshape(-1)
     if part.ndim != 3 or part.shape[1:] != (len(MPII_JOINTS), 2):
         raise ValueError(f"{path}: 'part' must have shape (N, 16, 2), got {part.shape}")
@@ -137,7 +138,7 @@ def load_annotations(path: str | os.PathLike) -> dict:
 
 def load_predictions(path: str | os.PathLike, num_samples: int | None = None) -> np.ndarray:
     """``preds`` (N, 16, 2) from an .h5; ValueError unless it has that shape (and N = num_samples)."""
-    preds = _read_h5(path, ("preds",))["preds"].astype(np.float64)
+    preds = read_h5(path, ("preds",))["preds"].astype(np.float64)
     expected = (num_samples if num_samples is not None else "N", len(MPII_JOINTS), 2)
     if preds.ndim != 3 or preds.shape[1:] != expected[1:] or (
             num_samples is not None and preds.shape[0] != num_samples):
