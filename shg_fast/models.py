@@ -7,14 +7,15 @@ state_dict, so a checkpoint trained with one loads into the other.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["ModelUnavailableError", "MODEL_KINDS", "DEFAULT_CONFIG", "model_class", "build_model", "save_checkpoint",
-           "load_checkpoint", "model_from_checkpoint", "SHIPPED_CHECKPOINT"]
+__all__ = ["ModelUnavailableError", "MODEL_KINDS", "DEFAULT_CONFIG", "SHIPPED_CHECKPOINT", "model_class",
+           "build_model", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "export_checkpoint"]
 
 MODEL_KINDS = ("fast", "reference")
 
@@ -82,3 +83,23 @@ def model_from_checkpoint(path: str | os.PathLike, kind: str = "fast") -> tuple[
     model = build_model(kind, **model_cfg)
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
+
+
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, description: str) -> dict:
+    """Write the model weights and config of training checkpoint ``src`` (no optimizer) to ``dst``,
+    and its info as JSON next to it (``dst`` with suffix ``.json``).
+
+    Returns the info stored with it: ``description``, the config, the epoch and the last
+    validation figures of the training history.
+    """
+    ckpt = load_checkpoint(src)
+    history = ckpt.get("history", {})
+    last_val = history.get("val", [{}])[-1] if history.get("val") else {}
+    info = {"description": description, "config": ckpt["config"], "epoch": ckpt.get("epoch"),
+            "steps": len(history.get("loss", [])), "val_pckh_all": last_val.get("total_all16"),
+            "val_pckh_14_weighted": last_val.get("total_weighted")}
+    path = Path(dst)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": ckpt["model"], "config": ckpt["config"], "description": description, "info": info}, path)
+    path.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    return info

@@ -143,6 +143,7 @@ def train(args: argparse.Namespace) -> dict:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
     main = rank == 0
+    train_set, val_set = make_datasets(args)
     torch.manual_seed(args.seed)
     model_cfg = {"num_stacks": args.stacks, "num_features": args.features, "num_modules": args.modules}
     model = build_model(args.model, **model_cfg).to(device)
@@ -156,7 +157,6 @@ def train(args: argparse.Namespace) -> dict:
         start_epoch, history = ckpt["epoch"], ckpt.get("history", history)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if ddp else model
-    train_set, val_set = make_datasets(args)
     sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if ddp else None
     gen = torch.Generator().manual_seed(args.seed)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16

@@ -27,9 +27,13 @@ def draw_skeleton(image_rgb: np.ndarray, joints: np.ndarray, skeleton=MPII_SKELE
     return out
 
 
-def heatmap_grid(patch_rgb: np.ndarray, heatmaps: np.ndarray, names=MPII_JOINTS) -> np.ndarray:
-    """A grid of the crop blended with each joint's heatmap (K, h, w), labelled; RGB uint8."""
-    res = patch_rgb.shape[0]
+def heatmap_grid(patch_rgb: np.ndarray, heatmaps: np.ndarray, names=MPII_JOINTS, tile: int = 128) -> np.ndarray:
+    """A grid of the crop blended with each joint's heatmap (K, h, w), labelled; RGB uint8.
+
+    Tiles are at least ``tile`` pixels wide (small crops are enlarged).
+    """
+    res = max(patch_rgb.shape[0], tile)
+    patch_rgb = cv2.resize(patch_rgb, (res, res), interpolation=cv2.INTER_LINEAR)
     k = heatmaps.shape[0]
     cols = int(math.ceil(math.sqrt(k)))
     rows = int(math.ceil(k / cols))
