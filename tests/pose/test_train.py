@@ -56,3 +56,9 @@ def test_bad_model_options():
         build_model("reference", num_stack=2)
     with pytest.raises(ValueError, match="model kind"):
         build_model("quick")
+
+
+def test_amp_step_runs_and_stays_close(tmp_path):
+    plain = train(default_args(**TINY, model="reference", max_steps=1, val_every=0, out=str(tmp_path / "fp32")))
+    amp = train(default_args(**TINY, model="reference", max_steps=1, val_every=0, amp=True, out=str(tmp_path / "amp")))
+    assert amp["loss"][0] == pytest.approx(plain["loss"][0], rel=0.05)  # bf16 autocast: same first loss, roughly
