@@ -15,7 +15,7 @@ from shg_fast.train import evaluate_pckh
 from tests.pose.test_pckh import ANNOT, DOCUMENTED, PREDS
 
 #: The shipped model must keep at least this PCKh@0.5 (all joints) on held-out synthetic poses.
-SHIPPED_MIN_PCKH = 45.0
+SHIPPED_MIN_PCKH = 65.0  # measured: 76.8 on these 48 poses, 76.7 on 512 others (assets/README.md)
 
 PHOTO = Path(__file__).resolve().parents[1] / "data" / "mpii" / "images" / "043789989.jpg"
 
