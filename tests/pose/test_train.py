@@ -2,12 +2,15 @@
 
 import json
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
 from shg_fast.models import build_model, load_checkpoint
 from shg_fast.testing import TOLERANCES
 from shg_fast.train import default_args, stacked_mse, train
+from tests.data_.test_mpii import PHOTOS, write_annotations
 
 TINY = dict(stacks=2, features=16, res=64, batch_size=2, train_size=4, val_size=2, quiet=True)
 
@@ -64,3 +67,15 @@ def test_amp_step_runs_and_stays_close(tmp_path):
     plain = train(default_args(**TINY, model="reference", max_steps=1, val_every=0, out=str(tmp_path / "fp32")))
     amp = train(default_args(**TINY, model="reference", max_steps=1, val_every=0, amp=True, out=str(tmp_path / "amp")))
     assert amp["loss"][0] == pytest.approx(plain["loss"][0], rel=TOLERANCES["train_loss_bf16_autocast"])
+
+
+def test_mpii_data_one_step_with_validation(tmp_path):
+    names = sorted(p.name for p in PHOTOS.glob("*.jpg"))[:2]
+    sizes = [cv2.imread(str(PHOTOS / n)).shape[:2] for n in names]
+    write_annotations(tmp_path / "ann.h5", names, sizes, np.random.default_rng(1))
+    args = default_args(**TINY, model="reference", data="mpii",
+                        annot=str(tmp_path / "ann.h5"), val_annot=str(tmp_path / "ann.h5"), images=str(PHOTOS),
+                        out=str(tmp_path / "run"))
+    history = train(args)
+    assert len(history["loss"]) == 1 and history["val"][0]["num_samples"] == 2
+    assert sum(history["val"][0]["counts"].values()) == 31  # one joint of the first person is not annotated
