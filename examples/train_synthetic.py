@@ -2,8 +2,10 @@
 
     python examples/train_synthetic.py --out runs/synthetic [--model reference] [any shg-fast train option]
 
-The defaults are the recipe of the shipped checkpoint shg_fast/assets/synthetic_small.pt
-(see shg_fast/assets/README.md). On a CPU run it with OMP_NUM_THREADS set to the free cores.
+The defaults are the first phase of the recipe of the shipped checkpoint
+shg_fast/assets/synthetic_small.pt; the second phase resumes with
+``--resume runs/synthetic/last.pt --train-size 2000 --epochs 11`` (see shg_fast/assets/README.md).
+On a busy CPU set OMP_NUM_THREADS to the free cores (one thread was fastest on a shared 2-core machine).
 """
 
 import argparse
