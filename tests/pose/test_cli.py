@@ -104,3 +104,11 @@ def test_shipped_checkpoint_learned_held_out_synthetic_poses():
     held_out = SyntheticPoses(48, ckpt["config"]["res"], seed=424242)  # neither the training nor the val seed
     result = evaluate_pckh(model, held_out, batch_size=16, device=torch.device("cpu"))
     assert result["total_all16"] >= SHIPPED_MIN_PCKH
+
+
+def test_train_cli_one_step(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--model", "reference", "--stacks", 1, "--features", 16, "--res", 64,
+                             "--batch-size", 2, "--train-size", 2, "--val-size", 2, "--quiet", "--out", tmp_path)
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["step"] == 1
+    assert (tmp_path / "last.pt").is_file()
