@@ -1,6 +1,9 @@
 """Training: a 2-step smoke run, checkpoint and resume, the loss, and fast vs reference."""
 
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -79,3 +82,13 @@ def test_mpii_data_one_step_with_validation(tmp_path):
     history = train(args)
     assert len(history["loss"]) == 1 and history["val"][0]["num_samples"] == 2
     assert sum(history["val"][0]["counts"].values()) == 31  # one joint of the first person is not annotated
+
+
+def test_torchrun_two_processes_shard_the_data(tmp_path):
+    """DistributedDataParallel on CPU (gloo): 8 samples, batch 2, 2 ranks → 2 steps per rank."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "shg_fast",
+           "train", "--model", "reference", "--stacks", "1", "--features", "16", "--res", "64", "--batch-size", "2",
+           "--train-size", "8", "--val-size", "2", "--quiet", "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(json.loads((tmp_path / "history.json").read_text())["loss"]) == 2
