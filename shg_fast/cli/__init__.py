@@ -13,7 +13,7 @@ import sys
 
 __all__ = ["COMMANDS", "CLIError", "main"]
 
-COMMANDS = ("info", "bench", "convert")
+COMMANDS = ("info", "bench", "eval", "train", "predict", "convert")
 
 
 class CLIError(Exception):

@@ -1,0 +1,214 @@
+"""Training: intermediate supervision (MSE on every stack), RMSprop at 2.5e-4 as in the paper.
+
+:func:`train` runs a whole job from an argparse-style namespace (see :func:`add_arguments`):
+synthetic stick figures or MPII (.h5 + image folder), optional AMP, DistributedDataParallel when
+launched by ``torchrun``, a tqdm progress bar, validation PCKh every ``--val-every`` epochs, and a
+checkpoint (model, optimizer, epoch, history) after every epoch that ``--resume`` continues from.
+The same seed gives the same data order and initial weights for ``--model fast`` and
+``--model reference``, so their loss curves can be compared step by step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from .models import DEFAULT_CONFIG, MODEL_KINDS, build_model, load_checkpoint, save_checkpoint
+from .pose.decode import predict_joints
+from .pose.pckh import pck
+
+__all__ = ["add_arguments", "default_args", "stacked_mse", "train", "evaluate_pckh", "make_datasets"]
+
+#: The paper's learning rate.
+PAPER_LR = 2.5e-4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the training options to ``parser`` (shared by ``shg-fast train`` and the example)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model", choices=MODEL_KINDS, default="fast", help="model implementation (default fast)")
+    g.add_argument("--stacks", type=int, default=DEFAULT_CONFIG["num_stacks"], help="hourglass stacks")
+    g.add_argument("--features", type=int, default=DEFAULT_CONFIG["num_features"], help="channels")
+    g.add_argument("--modules", type=int, default=DEFAULT_CONFIG["num_modules"], help="residuals per position")
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", choices=("synthetic", "mpii"), default="synthetic")
+    g.add_argument("--annot", help="MPII training annotations (.h5), with --data mpii")
+    g.add_argument("--images", help="MPII image folder, with --data mpii")
+    g.add_argument("--image-list", help="image file name per annotation row (default: the .h5's imgname)")
+    g.add_argument("--val-annot", help="MPII validation annotations (.h5), with --data mpii")
+    g.add_argument("--val-image-list", help="image file name per validation row")
+    g.add_argument("--res", type=int, default=256, help="input side, a multiple of 64 (default 256)")
+    g.add_argument("--sigma", default="1", help="target sigma in heatmap pixels, or 'torch7'")
+    g.add_argument("--train-size", type=int, default=4096, help="synthetic training samples per epoch")
+    g.add_argument("--val-size", type=int, default=256, help="synthetic validation samples")
+    g.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=1)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--lr", type=float, default=PAPER_LR, help="RMSprop learning rate (paper: 2.5e-4)")
+    g.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
+    g.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    g = parser.add_argument_group("bookkeeping")
+    g.add_argument("--out", default="runs/train", help="folder for checkpoints and history.json")
+    g.add_argument("--resume", help="checkpoint to continue from (model, optimizer, epoch)")
+    g.add_argument("--val-every", type=int, default=1, help="validate every N epochs (0: never)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def default_args(**overrides) -> argparse.Namespace:
+    """The default training options as a namespace, with ``overrides`` applied."""
+    args = add_arguments(argparse.ArgumentParser()).parse_args([])
+    unknown = set(overrides) - set(vars(args))
+    if unknown:
+        raise ValueError(f"unknown training options {sorted(unknown)}")
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def stacked_mse(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Intermediate supervision: the sum over stacks of the MSE to the same target."""
+    return sum(nn.functional.mse_loss(out.float(), target) for out in outputs)
+
+
+def _sigma(value):
+    return value if value == "torch7" else float(value)
+
+
+def make_datasets(args) -> tuple[Dataset, Dataset | None]:
+    """The training and validation datasets chosen by ``args``."""
+    sigma = _sigma(args.sigma)
+    if args.data == "synthetic":
+        from .data.synthetic import SyntheticPoses
+
+        train_set = SyntheticPoses(args.train_size, args.res, sigma=sigma, seed=args.seed, augment=True)
+        val_set = SyntheticPoses(args.val_size, args.res, sigma=sigma, seed=args.seed + 1_000_003)
+        return train_set, val_set
+    from .data.mpii import MPIIDataset
+
+    if not args.annot or not args.images:
+        raise ValueError("--data mpii needs --annot (.h5) and --images (folder)")
+    train_set = MPIIDataset(args.annot, args.images, args.image_list, res=args.res, sigma=sigma, augment=True)
+    val_set = None
+    if args.val_annot:
+        val_set = MPIIDataset(args.val_annot, args.images, args.val_image_list, res=args.res, sigma=sigma)
+    return train_set, val_set
+
+
+@torch.no_grad()
+def evaluate_pckh(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
+                  threshold: float = 0.5) -> dict:
+    """PCKh of ``model`` on ``dataset`` in image coordinates (full decode path, no flip)."""
+    was_training = model.training
+    model.eval()
+    preds, gts, norms, masks = [], [], [], []
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        coords, _, _ = predict_joints(model, batch["input"].to(device), batch["center"].numpy(),
+                                      batch["scale"].numpy(), batch["rot"].numpy(),
+                                      convention=dataset.convention)
+        preds.append(coords)
+        gts.append(batch["joints"].numpy())
+        norms.append(batch["normalize"].numpy())
+        masks.append(batch["visible"].numpy())
+    model.train(was_training)
+    return pck(np.concatenate(preds), np.concatenate(gts), np.concatenate(norms), threshold,
+               annotated=np.concatenate(masks))
+
+
+def _distributed() -> tuple[bool, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > 1, int(os.environ.get("RANK", "0")), world
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run a training job; returns the history (losses per step, validation per epoch)."""
+    ddp, rank, world = _distributed()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if ddp:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    main = rank == 0
+    train_set, val_set = make_datasets(args)
+    torch.manual_seed(args.seed)
+    model_cfg = {"num_stacks": args.stacks, "num_features": args.features, "num_modules": args.modules}
+    model = build_model(args.model, **model_cfg).to(device)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=args.lr)
+    history = {"loss": [], "val": [], "epoch_time_s": []}
+    start_epoch = 0
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start_epoch, history = ckpt["epoch"], ckpt.get("history", history)
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
+        if ddp else model
+    sampler = DistributedSampler(train_set, world, rank, seed=args.seed) if ddp else None
+    gen = torch.Generator().manual_seed(args.seed)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
+    config = {**model_cfg, "num_joints": DEFAULT_CONFIG["num_joints"], "res": args.res, "sigma": args.sigma,
+              "data": args.data, "model_kind": args.model, "lr": args.lr, "batch_size": args.batch_size,
+              "seed": args.seed, "amp": args.amp}
+    step = len(history["loss"])
+    out = Path(args.out)
+    for epoch in range(start_epoch, args.epochs):
+        if args.max_steps and step >= args.max_steps:
+            break
+        for epoch_aware in (sampler, train_set):
+            if hasattr(epoch_aware, "set_epoch"):
+                epoch_aware.set_epoch(epoch)
+        gen.manual_seed(args.seed + epoch)
+        loader = DataLoader(train_set, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
+                            generator=gen, num_workers=args.workers, drop_last=True)
+        tic = time.perf_counter()
+        net.train()
+        bar = _progress(loader, epoch, args, disable=args.quiet or not main)
+        for batch in bar:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+                outputs = net(batch["input"].to(device))
+            loss = stacked_mse(outputs, batch["target"].to(device))
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            history["loss"].append(loss.item())
+            step += 1
+            bar.set_postfix(loss=f"{loss.item():.3e}")
+            if args.max_steps and step >= args.max_steps:
+                break
+        history["epoch_time_s"].append(time.perf_counter() - tic)
+        if main and val_set is not None and args.val_every and (epoch + 1) % args.val_every == 0:
+            result = evaluate_pckh(model, val_set, args.batch_size, device)
+            history["val"].append({"epoch": epoch + 1, "step": step, **result})
+            bar.write(f"epoch {epoch + 1}: step {step}, loss {history['loss'][-1]:.3e}, "
+                      f"val PCKh@0.5 {result['total_all16']:.2f} (all joints)")
+        if main:
+            save_checkpoint(out / "last.pt", model, config, optimizer=optimizer.state_dict(),
+                            epoch=epoch + 1, history=history)
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+    if ddp:
+        torch.distributed.destroy_process_group()
+    return history
+
+
+def _progress(loader, epoch: int, args, disable: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=disable, dynamic_ncols=True)
