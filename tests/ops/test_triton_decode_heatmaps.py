@@ -8,7 +8,7 @@ from shg_fast.ops import MPII_FLIP_PAIRS, decode_heatmaps, decode_heatmaps_refer
 from . import test_decode_heatmaps as base
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (1, 16, 64, 64), (1, 19, 1, 9), (2, 16, 7, 2), (1, 2, 70, 70)]
+SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (1, 4, 64, 64), (1, 5, 1, 9), (1, 16, 7, 2), (1, 2, 70, 70)]
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
