@@ -36,7 +36,9 @@ def upsample_add_kernel(
         n = offs // (W * H * C)
     skip = tl.load(skip_ptr + n * ss_n + c * ss_c + h * ss_h + w * ss_w, mask=mask)
     low = tl.load(low_ptr + n * sl_n + c * sl_c + (h // 2) * sl_h + (w // 2) * sl_w, mask=mask)
-    tl.store(out_ptr + n * so_n + c * so_c + h * so_h + w * so_w, skip + low, mask=mask)
+    # Added in float32 and rounded once: the correctly rounded sum for 16-bit inputs.
+    total_ = skip.to(tl.float32) + low.to(tl.float32)
+    tl.store(out_ptr + n * so_n + c * so_c + h * so_h + w * so_w, total_.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 #: Elements per program of upsample_add_kernel.

@@ -101,3 +101,15 @@ def test_forced_triton_on_cpu_without_interpreter_says_why(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(BackendUnavailableError, match="Triton runs on CUDA tensors"):
         residual_block(torch.randn(1, 4, 3, 3), FoldedResidual.from_module(Residual(4, 4).eval()), backend="triton")
+
+
+def test_dynamo_traces_the_dispatch_without_graph_breaks():
+    """fullgraph=True through backend selection and the triton ops (eager backend: no codegen here)."""
+    block = FoldedResidual.from_module(randomize_bn(Residual(16, 32)).eval())
+    model = SmallHourglassTail(block)
+    x = torch.randn(2, 16, 8, 8).to(memory_format=torch.channels_last)
+    low = torch.randn(2, 32, 4, 4)
+    torch._dynamo.reset()
+    coords, maxvals = torch.compile(model, fullgraph=True, backend="eager")(x, low)
+    ref_coords, ref_max = model(x, low)
+    assert torch.equal(coords, ref_coords) and torch.equal(maxvals, ref_max)

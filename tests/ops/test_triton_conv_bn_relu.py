@@ -103,6 +103,12 @@ def test_conv_matches_reference(device, mode, shape, flags, mode_setup, poison_e
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_conv_float16_in_the_interpreter(poison_empty):
+    x, weight, bias, kwargs = conv_inputs(SHAPES[0], FLAGS["all"], "cpu", torch.float16, channels_last=True)
+    out = conv_bn_relu(x, weight, bias, backend="triton", **kwargs)
+    assert_matches(out, "float16", conv_bn_relu_reference, x, weight, bias, **kwargs)
+
+
 @pytest.mark.parametrize("device,mode", MODES[:2])
 def test_conv_nchw_and_strided_inputs(device, mode, poison_empty):
     x, weight, bias, kwargs = conv_inputs(SHAPES[0], FLAGS["all"], device, torch.float32, channels_last=False)
