@@ -63,6 +63,13 @@ def _tensor_reasons(op: str, supported, tensors: dict[str, torch.Tensor | None])
     return reasons
 
 
+def _forward_only_reasons(op: str, tensors) -> list[str]:
+    """The fused-conv kernels have no backward: refuse inputs that need gradients."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return [f"triton {op} is forward-only (inference) and an input requires grad"]
+    return []
+
+
 def _check_upsample_add(low, skip) -> list[str]:
     return _tensor_reasons("upsample_add", KERNEL_DTYPES, {"low": low, "skip": skip})
 
@@ -80,11 +87,13 @@ def _check_conv_bn_relu(x, weight, bias=None, *, padding=None, in_scale=None, in
         reasons.append(f"triton conv_bn_relu needs weight in x's dtype {x.dtype}, got {weight.dtype}")
     if padding is not None and padding < 0:
         reasons.append(f"triton conv_bn_relu needs padding >= 0, got {padding}")
-    return reasons
+    return reasons + _forward_only_reasons(
+        "conv_bn_relu", (x, weight, bias, in_scale, in_shift, residual, upsample))
 
 
 def _check_residual_block(x, block, upsample=None) -> list[str]:
-    return _tensor_reasons("residual_block", KERNEL_DTYPES, {"x": x, "upsample": upsample})
+    return _tensor_reasons("residual_block", KERNEL_DTYPES, {"x": x, "upsample": upsample}) + \
+        _forward_only_reasons("residual_block", (x, upsample, block.w1, block.w2, block.w3, block.ws))
 
 
 def _allow_tf32() -> bool:

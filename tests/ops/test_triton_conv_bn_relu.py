@@ -175,3 +175,9 @@ def test_checks_give_reasons():
     block = FoldedResidual.from_module(Residual(3, 4).eval()).to(torch.float64)
     with pytest.raises(Exception, match="does not support x dtype torch.float64"):
         residual_block(x, block, backend="triton")
+    with pytest.raises(Exception, match="forward-only"):
+        conv_bn_relu(x.float().requires_grad_(), weight.float(), backend="triton")
+    with pytest.raises(Exception, match="forward-only"):
+        residual_block(x.float().requires_grad_(), block.to(torch.float32), backend="triton")
+    with torch.no_grad():
+        assert conv_bn_relu(x.float().requires_grad_(), weight.float(), backend="triton").shape == (1, 2, 4, 4)
