@@ -103,6 +103,15 @@ def test_conv_matches_reference(device, mode, shape, flags, mode_setup, poison_e
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("k,stride,padding", [(5, 2, 1), (3, 2, 0), (1, 2, 0)])
+def test_conv_generic_kernel_stride_padding(k, stride, padding, poison_empty):
+    x = torch.randn(2, 5, 9, 8).to(memory_format=torch.channels_last)
+    weight, bias = torch.randn(7, 5, k, k), torch.randn(7)
+    kwargs = dict(stride=stride, padding=padding, in_shift=torch.randn(5), in_relu=True, out_relu=True)
+    out = conv_bn_relu(x, weight, bias, backend="triton", **kwargs)
+    assert_matches(out, "float32", conv_bn_relu_reference, x, weight, bias, **kwargs)
+
+
 def test_conv_float16_in_the_interpreter(poison_empty):
     x, weight, bias, kwargs = conv_inputs(SHAPES[0], FLAGS["all"], "cpu", torch.float16, channels_last=True)
     out = conv_bn_relu(x, weight, bias, backend="triton", **kwargs)
