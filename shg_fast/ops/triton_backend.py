@@ -80,15 +80,14 @@ def _check_decode_heatmaps(heatmaps, flipped) -> list[str]:
 
 def _check_conv_bn_relu(x, weight, bias=None, *, padding=None, in_scale=None, in_shift=None,
                         residual=None, upsample=None, **_) -> list[str]:
-    reasons = _tensor_reasons("conv_bn_relu", KERNEL_DTYPES, {"x": x, "weight": weight})
-    reasons += _tensor_reasons("conv_bn_relu", (*KERNEL_DTYPES, torch.float64), {
-        "bias": bias, "in_scale": in_scale, "in_shift": in_shift, "residual": residual, "upsample": upsample})
-    if weight.dtype != x.dtype:
-        reasons.append(f"triton conv_bn_relu needs weight in x's dtype {x.dtype}, got {weight.dtype}")
+    others = {"weight": weight, "bias": bias, "in_scale": in_scale, "in_shift": in_shift, "residual": residual,
+              "upsample": upsample}
+    reasons = _tensor_reasons("conv_bn_relu", KERNEL_DTYPES, {"x": x, **others})
+    reasons += [f"triton conv_bn_relu needs {name} in x's dtype {x.dtype}, got {t.dtype}"
+                for name, t in others.items() if t is not None and t.dtype != x.dtype]
     if padding is not None and padding < 0:
         reasons.append(f"triton conv_bn_relu needs padding >= 0, got {padding}")
-    return reasons + _forward_only_reasons(
-        "conv_bn_relu", (x, weight, bias, in_scale, in_shift, residual, upsample))
+    return reasons + _forward_only_reasons("conv_bn_relu", (x, *others.values()))
 
 
 def _check_residual_block(x, block, upsample=None) -> list[str]:
