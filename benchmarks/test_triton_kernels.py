@@ -6,6 +6,8 @@ the result against the reference, so `--benchmark-disable` runs make a large-sha
 Group by op and shape: `pytest benchmarks/test_triton_kernels.py --benchmark-group-by=group`.
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ BATCHES = [1, 32]
 SIZES = [64, 32, 16, 8, 4]
 BACKENDS = ["triton", "reference"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+CONV_CASES = list(itertools.product(BATCHES, SIZES, DTYPES, BACKENDS))
 
 
 def timed(benchmark, group: str, fn):
@@ -48,7 +51,8 @@ def check(out, reference, mode):
 
 
 @pytest.fixture(autouse=True)
-def _no_tf32(monkeypatch):
+def _seed_and_no_tf32(monkeypatch):
+    torch.manual_seed(0)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
 
@@ -58,12 +62,8 @@ def activations(batch, channels, size, dtype):
     return x.to(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", DTYPES)
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("batch", BATCHES)
-def test_residual_block(benchmark, backend, mode, size, batch):
-    torch.manual_seed(0)
+@pytest.mark.parametrize("batch,size,mode,backend", CONV_CASES)
+def test_residual_block(benchmark, batch, size, mode, backend):
     block = FoldedResidual.from_module(Residual(256, 256).eval()).to(device="cuda", dtype=DTYPES[mode])
     x = activations(batch, 256, size, DTYPES[mode])
     with torch.inference_mode():
@@ -72,12 +72,8 @@ def test_residual_block(benchmark, backend, mode, size, batch):
         check(out, lambda dt: residual_block(x.to(dt), block.to(dt), backend="reference"), mode)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", DTYPES)
-@pytest.mark.parametrize("size", SIZES)
-@pytest.mark.parametrize("batch", BATCHES)
-def test_conv3x3_bias_relu(benchmark, backend, mode, size, batch):
-    torch.manual_seed(0)
+@pytest.mark.parametrize("batch,size,mode,backend", CONV_CASES)
+def test_conv3x3_bias_relu(benchmark, batch, size, mode, backend):
     dtype = DTYPES[mode]
     x = activations(batch, 128, size, dtype)
     weight = (torch.randn(128, 128, 3, 3, device="cuda") / 34).to(dtype)
@@ -93,7 +89,6 @@ def test_conv3x3_bias_relu(benchmark, backend, mode, size, batch):
 @pytest.mark.parametrize("size", SIZES[:-1])
 @pytest.mark.parametrize("batch", BATCHES)
 def test_upsample_add(benchmark, backend, size, batch):
-    torch.manual_seed(0)
     skip = activations(batch, 256, size, torch.float32)
     low = activations(batch, 256, size // 2, torch.float32)
     out = timed(benchmark, f"upsample_add 256 {batch}x{size}x{size}", lambda: upsample_add(low, skip, backend=backend))
@@ -104,7 +99,6 @@ def test_upsample_add(benchmark, backend, size, batch):
 @pytest.mark.parametrize("flip", [False, True])
 @pytest.mark.parametrize("batch", BATCHES)
 def test_decode_heatmaps(benchmark, backend, flip, batch):
-    torch.manual_seed(0)
     hm = torch.randn(batch, 16, 64, 64, device="cuda")
     flipped = torch.randn_like(hm) if flip else None
     coords, maxvals = timed(benchmark, f"decode_heatmaps {batch}x16x64x64 flip={flip}",
