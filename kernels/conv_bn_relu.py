@@ -30,7 +30,7 @@ def _accumulate_channels(
     HAS_SCALE: tl.constexpr,  # multiply by scale[c] as the input is loaded
     HAS_SHIFT: tl.constexpr,  # then add shift[c]
     IN_RELU: tl.constexpr,  # then ReLU
-    DOT_PRECISION: tl.constexpr,  # tl.dot input_precision for float32 operands: "ieee" or "tf32"
+    ALLOW_TF32: tl.constexpr,  # float32 operands: TF32 products instead of exact ("ieee") ones
     BLOCK_K: tl.constexpr,  # channels per step; a power of two >= 16 (tl.dot minimum)
 ):
     offs_k = tl.arange(0, BLOCK_K)
@@ -51,7 +51,10 @@ def _accumulate_channels(
             a = tl.where(a_mask, a, 0.0)
         b = tl.load(w_ptr + offs_n[None, :] * stride_wo + c[:, None] * stride_wc,
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a.to(b.dtype), b, acc, input_precision=DOT_PRECISION)
+        if ALLOW_TF32:
+            acc = tl.dot(a.to(b.dtype), b, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(a.to(b.dtype), b, acc, input_precision="ieee")
     return acc
 
 
@@ -77,7 +80,7 @@ def conv_bn_relu_kernel(
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size: unrolled tap loop
     HAS_X2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_UPSAMPLE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,  # "ieee" (exact fp32) or "tf32"; ignored for 16-bit operands
+    ALLOW_TF32: tl.constexpr,  # TF32 products for float32 operands (else exact); no effect on 16-bit ones
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # tile sizes
 ):
     pid_m = tl.program_id(0)
@@ -100,12 +103,12 @@ def conv_bn_relu_kernel(
             acc = _accumulate_channels(
                 acc, x_ptr, n * sx_n + ih * sx_h + iw * sx_w, pix_ok, sx_c, C1,
                 w_tap, sw_o, sw_c, offs_n, n_ok, scale_ptr, shift_ptr,
-                HAS_SCALE, HAS_SHIFT, IN_RELU, DOT_PRECISION, BLOCK_K)
+                HAS_SCALE, HAS_SHIFT, IN_RELU, ALLOW_TF32, BLOCK_K)
             if HAS_X2:
                 acc = _accumulate_channels(
                     acc, x2_ptr, n * sx2_n + ih * sx2_h + iw * sx2_w, pix_ok, sx2_c, C2,
                     w_tap + C1 * sw_c, sw_o, sw_c, offs_n, n_ok, scale_ptr, shift_ptr,
-                    False, False, False, DOT_PRECISION, BLOCK_K)
+                    False, False, False, ALLOW_TF32, BLOCK_K)
 
     if HAS_BIAS:
         acc = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]

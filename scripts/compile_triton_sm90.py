@@ -43,12 +43,12 @@ def compile_kernel(kernel, pointer_types: dict, constexprs: dict, num_warps: int
 
 
 def main() -> None:
-    for dtype, precision in (("fp32", "ieee"), ("fp32", "tf32"), ("fp16", "ieee"), ("bf16", "ieee")):
+    for dtype, tf32 in (("fp32", False), ("fp32", True), ("fp16", False), ("bf16", False)):
         cfg = conv_block_sizes(32 * 64 * 64, 256, 256, 4 if dtype == "fp32" else 2)
         launch = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
         for flags in CONV_VARIANTS:
             compile_kernel(conv_bn_relu_kernel, {p: f"*{dtype}" for p in CONV_POINTERS},
-                           dict(flags, DOT_PRECISION=precision, **cfg), **launch)
+                           dict(flags, ALLOW_TF32=tf32, **cfg), **launch)
         compile_kernel(upsample_add_kernel, {p: f"*{dtype}" for p in ("low_ptr", "skip_ptr", "out_ptr")},
                        dict(CHANNELS_LAST=True, BLOCK=UPSAMPLE_ADD_BLOCK), num_warps=4)
         compile_kernel(decode_heatmaps_kernel,

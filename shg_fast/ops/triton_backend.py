@@ -196,7 +196,7 @@ def _register_ops() -> None:
             KH=kh, KW=kw, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, HAS_SCALE=in_scale is not None,
             HAS_SHIFT=in_shift is not None, IN_RELU=in_relu, OUT_RELU=out_relu,
             HAS_RESIDUAL=residual is not None, HAS_UPSAMPLE=upsample is not None,
-            DOT_PRECISION="tf32" if allow_tf32 else "ieee", **cfg)
+            ALLOW_TF32=allow_tf32, **cfg)
         return out
 
     @conv_bn_relu_triton.register_fake
