@@ -74,7 +74,7 @@ def _check_upsample_add(low, skip) -> list[str]:
     return _tensor_reasons("upsample_add", KERNEL_DTYPES, {"low": low, "skip": skip})
 
 
-def _check_decode_heatmaps(heatmaps, flipped) -> list[str]:
+def _check_decode_heatmaps(heatmaps, flipped, flip_perm=()) -> list[str]:
     return _tensor_reasons("decode_heatmaps", DECODE_DTYPES, {"heatmaps": heatmaps, "flipped": flipped})
 
 
