@@ -88,23 +88,32 @@ def _train_step(model, x, target):
     return outs
 
 
+def assert_same_training_step(fast, ref, x, target):
+    """Train-mode outputs, gradients and BN running statistics of ``fast`` equal ``ref``'s exactly.
+
+    Training runs the reference math, so the fp32 results are bitwise equal. (A float64 truth
+    is no yardstick here: BN on batch statistics over the few values of the 1x1/2x2 innermost
+    maps of a small test model is ill-conditioned, and fp32 rounding is amplified ~100x.)
+    """
+    expected = _train_step(ref.train(), x, target)
+    outs = _train_step(fast.train(), x, target)
+    for out, exp in zip(outs, expected, strict=True):
+        torch.testing.assert_close(out, exp, rtol=0, atol=0)
+    grads = dict(fast.named_parameters())
+    for name, p in ref.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, rtol=0, atol=0, msg=name)
+    buffers = dict(fast.named_buffers())
+    for name, b in ref.named_buffers():
+        torch.testing.assert_close(buffers[name], b, rtol=0, atol=0, msg=name)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_train_parity_outputs_gradients_and_statistics(channels_last):
     ref, fast = make_pair(*CONFIGS[0])
-    ref64 = copy.deepcopy(ref).double()
     x = torch.rand(2, 3, 64, 64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    target = torch.rand(2, 5, 16, 16)
-    truth = _train_step(ref64.train(), x.double(), target.double())
-    outs = _train_step(fast.train(), x, target)
-    assert_outputs_close(outs, truth)
-    grads = dict(fast.named_parameters())
-    for name, p in ref64.named_parameters():
-        assert_close_to_reference(grads[name].grad, p.grad, "float32")
-    buffers = dict(fast.named_buffers())
-    for name, b in ref64.named_buffers():
-        assert torch.allclose(buffers[name].double(), b, rtol=1e-4, atol=1e-5), name
+    assert_same_training_step(fast, ref, x, torch.rand(2, 5, 16, 16))
 
 
 def test_eval_mode_with_gradients_is_exact():
@@ -146,7 +155,7 @@ def test_plan_rebuilt_after_optimizer_step_and_train_eval():
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         fast.eval()(x)
-    optimizer = torch.optim.SGD(fast.parameters(), lr=0.5)
+    optimizer = torch.optim.SGD(fast.parameters(), lr=1e-3)
     _train_step(fast.train(), x, torch.rand(2, 5, 16, 16))  # also updates the BN running statistics
     optimizer.step()
     mirror = reference.StackedHourglass(2, 32, 5)
@@ -217,7 +226,7 @@ def test_sync_batchnorm_conversion():
     assert isinstance(fast.bn1, torch.nn.SyncBatchNorm)
     x = torch.rand(2, 3, 64, 64)
     assert_plan_matches(fast, ref, x)
-    assert_outputs_close(fast.train()(x), float64_truth(ref, x, train=True))
+    assert_same_training_step(fast, ref, x, torch.rand(2, 3, 16, 16))
 
 
 def test_rejects_bad_input_like_the_reference():
@@ -246,17 +255,16 @@ def test_plan_info_describes_the_fusion():
 
 def test_torch_compile_matches_eager():
     ref, fast = make_pair(1, 16, 3, 1)
-    x = torch.rand(1, 3, 64, 64)
+    x = torch.rand(2, 3, 64, 64)
     truth = float64_truth(ref.eval(), x)
     compiled = torch.compile(fast.eval(), backend="aot_eager")
     with torch.no_grad():
         assert_outputs_close(compiled(x), truth)
-    target = torch.rand(1, 3, 16, 16)
-    ref64 = copy.deepcopy(ref).double().train()
-    _train_step(ref64, x.double(), target.double())
+    target = torch.rand(2, 3, 16, 16)
+    _train_step(ref.train(), x, target)
     _train_step(torch.compile(fast.train(), backend="aot_eager"), x, target)
     grads = dict(fast.named_parameters())
-    for name, p in ref64.named_parameters():
+    for name, p in ref.named_parameters():
         assert_close_to_reference(grads[name].grad, p.grad, "float32")
 
 
