@@ -25,9 +25,10 @@ import torch
 from torch.nn import functional as F
 
 from . import ops
+from .backends import requested_backend
 from .fusion import FoldedResidual, fold_bn_into_conv, merge_head
 
-__all__ = ["FusedPlan", "HourglassPlan", "StackPlan", "build_plan"]
+__all__ = ["FusedPlan", "HourglassPlan", "StackPlan", "build_plan", "mkldnn_runner_reasons"]
 
 
 @dataclass
@@ -80,20 +81,18 @@ class FusedPlan:
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Run the plan: ``x`` ``(N, 3, H, W)`` in the plan's dtype/device → list of heatmaps per stack."""
-        x = _channels_last(x)
-        h = ops.conv_bn_relu(x, self.stem_w, self.stem_b, stride=2, padding=3, out_relu=True)
-        h = _run_blocks(h, self.stem_blocks[:1])
-        h = _run_blocks(F.max_pool2d(h, 2, 2), self.stem_blocks[1:])
-        outputs = []
-        k = self.num_joints
-        for stack in self.stacks:
-            ll = _run_blocks(_run_hourglass(h, stack.hourglass), stack.res)
-            ll = ops.conv_bn_relu(ll, stack.lin_w, stack.lin_b, out_relu=True)
-            head = ops.conv_bn_relu(ll, stack.head_w, stack.head_b)
-            outputs.append(head[:, :k].contiguous())
-            if head.shape[1] > k:
-                h = h + head[:, k:]
-        return outputs
+        return _run(self._runner(x), self, _channels_last(x))
+
+    def _runner(self, x: torch.Tensor) -> "_OpsRunner":
+        """The mkldnn runner for float32 CPU tensors under ``auto`` (when oneDNN is present), else the ops."""
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
+                and not mkldnn_runner_reasons()):
+            runner = self.__dict__.get("_mkldnn_runner")
+            if runner is None:
+                runner = _MkldnnRunner()
+                self.__dict__["_mkldnn_runner"] = runner
+            return runner
+        return _OPS_RUNNER
 
     def info(self) -> dict:
         """A summary of the plan: dtype, device and how many of each fused piece it runs."""
@@ -105,6 +104,8 @@ class FusedPlan:
             "residual_blocks": blocks,
             "upsample_add_epilogues": len(self.stacks) * _hourglass_depth(self.stacks[0].hourglass),
             "merged_heads": sum(s.head_w.shape[0] > self.num_joints for s in self.stacks),
+            "cpu_runner": "mkldnn" if self.device.type == "cpu" and self.dtype == torch.float32
+            and not mkldnn_runner_reasons() else "ops",
         }
 
 
@@ -124,18 +125,123 @@ def _map_tensors(obj, fn: Callable[[torch.Tensor], torch.Tensor]):
     return obj
 
 
-def _run_blocks(x: torch.Tensor, blocks: list[FoldedResidual], upsample: torch.Tensor | None = None) -> torch.Tensor:
+class _OpsRunner:
+    """Runs the plan's pieces with the public fused ops (the backend is picked per call)."""
+
+    def stem(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ops.conv_bn_relu(x, w, b, stride=2, padding=3, out_relu=True)
+
+    def block(self, x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None) -> torch.Tensor:
+        return ops.residual_block(x, block, upsample)
+
+    def lin(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ops.conv_bn_relu(x, w, b, out_relu=True)
+
+    def head(self, ll: torch.Tensor, stack: StackPlan, k: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heatmaps and the next residual stream, from one GEMM with ``K (+ f)`` outputs."""
+        out = ops.conv_bn_relu(ll, stack.head_w, stack.head_b)
+        return out[:, :k], (h + out[:, k:] if out.shape[1] > k else h)
+
+
+_OPS_RUNNER = _OpsRunner()
+
+
+def mkldnn_runner_reasons() -> list[str]:
+    """Why float32 CPU plans cannot run on the oneDNN runner here (empty when they do).
+
+    The runner is the CPU path of ``auto``: convolutions with prepacked weights and fused ReLU
+    or add (``torch.ops.mkldnn._convolution_pointwise``), the C++ ``upsample_add``. A forced
+    backend (``SHG_FAST_BACKEND``) makes the plan run the public ops instead.
+    """
+    reasons = []
+    if requested_backend() != "auto":
+        reasons.append(f"backend {requested_backend()!r} is forced")
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+        reasons.append("this PyTorch build has no oneDNN convolution_pointwise")
+    return reasons
+
+
+class _MkldnnRunner(_OpsRunner):
+    """float32 CPU: oneDNN convolutions with weights prepacked once per plan, ReLU/add fused.
+
+    The add of a residual (and of the upsampled lower branch, added into it beforehand by the
+    C++ upsample_add) is a post-op of the conv producing the block's output.
+    """
+
+    def __init__(self):
+        self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, packed)
+        self._head_parts: dict[int, tuple[torch.Tensor, ...]] = {}  # id(head_w) -> (head_w, split w and b)
+
+    def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, stride: int = 1, padding: int | None = None,
+              relu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+        pad = [w.shape[-1] // 2 if padding is None else padding] * 2
+        entry = self._packed.get(id(w))
+        if entry is None or entry[0] is not w:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(w, pad, [stride] * 2, [1, 1], 1, list(x.shape))
+            entry = self._packed[id(w)] = (w, packed)
+        if add is not None:
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, add, entry[1], b, pad, [stride] * 2, [1, 1], 1, "add", 1.0, None, [], None)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, entry[1], b, pad, [stride] * 2, [1, 1], 1, "relu" if relu else "none", [], "")
+
+    def stem(self, x, w, b):
+        return self._conv(x, w, b, stride=2, padding=3, relu=True)
+
+    def block(self, x, block, upsample):
+        pre = torch.addcmul(block.in_shift.view(1, -1, 1, 1), x, block.in_scale.view(1, -1, 1, 1)).relu_()
+        h = self._conv(pre, block.w1, block.b1, relu=True)
+        h = self._conv(h, block.w2, block.b2, relu=True)
+        skip = x if block.ws is None else self._conv(x, block.ws, block.bs)
+        if upsample is not None:
+            skip = ops.upsample_add(upsample, skip)
+        return self._conv(h, block.w3, block.b3, add=skip)
+
+    def lin(self, x, w, b):
+        return self._conv(x, w, b, relu=True)
+
+    def head(self, ll, stack, k, h):
+        """Heatmaps and the residual-stream update as two convs, the stream added as a post-op."""
+        w, b = stack.head_w, stack.head_b
+        if w.shape[0] == k:
+            return self._conv(ll, w, b), h
+        parts = self._head_parts
+        if id(w) not in parts or parts[id(w)][0] is not w:
+            parts[id(w)] = (w, w[:k].contiguous(memory_format=torch.channels_last), b[:k].contiguous(),
+                            w[k:].contiguous(memory_format=torch.channels_last), b[k:].contiguous())
+        _, w_hm, b_hm, w_up, b_up = parts[id(w)]
+        return self._conv(ll, w_hm, b_hm), self._conv(ll, w_up, b_up, add=h)
+
+
+def _run(runner: _OpsRunner, plan: FusedPlan, x: torch.Tensor) -> list[torch.Tensor]:
+    h = runner.stem(x, plan.stem_w, plan.stem_b)
+    h = _run_blocks(runner, h, plan.stem_blocks[:1])
+    h = _run_blocks(runner, F.max_pool2d(h, 2, 2), plan.stem_blocks[1:])
+    outputs = []
+    for stack in plan.stacks:
+        ll = _run_blocks(runner, _run_hourglass(runner, h, stack.hourglass), stack.res)
+        ll = runner.lin(ll, stack.lin_w, stack.lin_b)
+        heatmaps, h = runner.head(ll, stack, plan.num_joints, h)
+        outputs.append(heatmaps.contiguous())
+    return outputs
+
+
+def _run_blocks(runner: _OpsRunner, x: torch.Tensor, blocks: list[FoldedResidual],
+                upsample: torch.Tensor | None = None) -> torch.Tensor:
     """Residual blocks in sequence; ``upsample`` (if any) is added in the last block's epilogue."""
     for i, block in enumerate(blocks):
-        x = ops.residual_block(x, block, upsample if i == len(blocks) - 1 else None)
+        x = runner.block(x, block, upsample if i == len(blocks) - 1 else None)
     return x
 
 
-def _run_hourglass(x: torch.Tensor, plan: HourglassPlan) -> torch.Tensor:
-    low = _run_blocks(F.max_pool2d(x, 2, 2), plan.low1)
-    low = _run_hourglass(low, plan.low2) if isinstance(plan.low2, HourglassPlan) else _run_blocks(low, plan.low2)
-    low = _run_blocks(low, plan.low3)
-    return _run_blocks(x, plan.up1, upsample=low)
+def _run_hourglass(runner: _OpsRunner, x: torch.Tensor, plan: HourglassPlan) -> torch.Tensor:
+    low = _run_blocks(runner, F.max_pool2d(x, 2, 2), plan.low1)
+    if isinstance(plan.low2, HourglassPlan):
+        low = _run_hourglass(runner, low, plan.low2)
+    else:
+        low = _run_blocks(runner, low, plan.low2)
+    low = _run_blocks(runner, low, plan.low3)
+    return _run_blocks(runner, x, plan.up1, upsample=low)
 
 
 def _hourglass_depth(plan: HourglassPlan) -> int:
