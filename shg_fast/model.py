@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import weakref
 
 import torch
 from torch import nn
@@ -24,19 +25,44 @@ __all__ = ["StackedHourglass", "state_key"]
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+# Bumped whenever any module gets a submodule (assignment, add_module, ModuleList edits), so a
+# cached list of a model's modules is re-read after its structure changes.
+_structure_generation = 0
+_module_lists: "weakref.WeakKeyDictionary[nn.Module, tuple[int, list[nn.Module]]]" = weakref.WeakKeyDictionary()
+
+
+def _on_module_registration(module, name, submodule):
+    global _structure_generation
+    _structure_generation += 1
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_on_module_registration)
+
+
+def _modules_of(module: nn.Module) -> list[nn.Module]:
+    cached = _module_lists.get(module)
+    if cached is None or cached[0] != _structure_generation:
+        cached = _module_lists[module] = (_structure_generation, list(module.modules()))
+    return cached[1]
+
+
 def state_key(module: nn.Module) -> tuple | None:
     """A cheap fingerprint of ``module``'s training flag, parameters and buffers.
 
     It changes on ``train()/eval()``, on any in-place update (``load_state_dict``, an optimizer
-    step: each bumps the tensor's ``_version``) and on ``.to()/.half()`` (new storage, dtype or
-    device). ``None`` when a tensor is an inference tensor (created under
-    ``torch.inference_mode``), whose in-place updates cannot be tracked.
+    step: each bumps the tensor's ``_version``), on ``.to()/.half()`` and ``.data`` assignment
+    (new storage) and on replaced parameters, buffers or submodules (new objects). ``None`` when
+    a tensor is an inference tensor (created under ``torch.inference_mode``), whose in-place
+    updates cannot be tracked.
     """
-    key = [module.training]
-    for t in itertools.chain(module.parameters(), module.buffers()):
-        if t.is_inference():
-            return None
-        key.append((id(t), t._version, t.data_ptr(), t.dtype, t.device))
+    key: list = [module.training]
+    try:
+        for mod in _modules_of(module):
+            for t in itertools.chain(mod._parameters.values(), mod._buffers.values()):
+                if t is not None:
+                    key.append((id(t), t._version, t.data_ptr()))
+    except RuntimeError:  # inference tensors have no version counter
+        return None
     return tuple(key)
 
 
@@ -66,8 +92,9 @@ class StackedHourglass(reference.StackedHourglass):
     ``forward(x)`` takes ``(N, 3, H, W)``, H and W multiples of 64, and returns a list of
     ``num_stacks`` heatmap tensors ``(N, num_joints, H/4, W/4)``, as the reference does.
 
-    * Training mode, or eval mode while a gradient is needed (grad mode on and a parameter or
-      ``x`` requiring grad): the reference computation, so gradients equal the reference's.
+    * Training mode (of any submodule), or eval mode while a gradient is needed (grad mode on and
+      a parameter or ``x`` requiring grad): the reference computation, so gradients equal the
+      reference's.
     * Eval mode without gradients (``torch.no_grad``/``torch.inference_mode``, or frozen
       parameters): the fused plan (:meth:`fused_plan`) in the parameters' dtype, or in the
       autocast dtype when autocast is on for ``x``'s device. Heatmaps come back contiguous.
@@ -80,7 +107,7 @@ class StackedHourglass(reference.StackedHourglass):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         reference.check_input(x)
-        if self.training or self._needs_grad(x):
+        if any(m.training for m in _modules_of(self)) or self._needs_grad(x):
             return super().forward(x)
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):

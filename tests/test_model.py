@@ -166,6 +166,23 @@ def test_plan_rebuilt_after_optimizer_step_and_train_eval():
     assert_plan_matches(fast, mirror, x)
 
 
+def test_plan_follows_replaced_modules_and_partial_train_mode():
+    ref, fast = make_pair()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        fast.eval()(x)
+    fast.out[1] = torch.nn.Conv2d(32, 5, 1)
+    fast.lin[0].bn.weight = torch.nn.Parameter(torch.rand(32) + 0.5)
+    mirror = reference.StackedHourglass(2, 32, 5)
+    mirror.load_state_dict(fast.state_dict())
+    assert_plan_matches(fast, mirror, x)
+    fast.bn1.train()
+    mirror.eval().bn1.train()
+    with torch.no_grad():
+        for out, expected in zip(fast(x), mirror(x), strict=True):
+            torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
 def test_plan_rebuilt_after_in_place_buffer_update():
     _, fast = make_pair()
     x = torch.rand(1, 3, 64, 64)
