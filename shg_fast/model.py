@@ -83,13 +83,7 @@ class _PlanCache:
 class StackedHourglass(reference.StackedHourglass):
     """Stacked Hourglass network with a fused eval-mode plan; a drop-in for the reference model.
 
-    Args:
-        num_stacks: number of hourglass stacks (8 in the paper).
-        num_features: channels of the residual stream (256).
-        num_joints: heatmap channels (16 for MPII).
-        num_modules: residual modules per hourglass position (1).
-
-    ``forward(x)`` takes ``(N, 3, H, W)``, H and W multiples of 64, and returns a list of
+    Arguments as :class:`shg_fast.reference.StackedHourglass`. ``forward(x)`` takes ``(N, 3, H, W)``, H and W multiples of 64, and returns a list of
     ``num_stacks`` heatmap tensors ``(N, num_joints, H/4, W/4)``, as the reference does.
 
     * Training mode (of any submodule), or eval mode while a gradient is needed (grad mode on and

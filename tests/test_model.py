@@ -38,6 +38,18 @@ def assert_outputs_close(outs, truth, mode="float32", same_dtype_ref=None):
         assert_close_to_reference(out, t, mode, None if same_dtype_ref is None else same_dtype_ref[i])
 
 
+def mirror_of(fast):
+    """A reference model holding ``fast``'s current state."""
+    mirror = reference.StackedHourglass(fast.num_stacks, fast.num_features, fast.num_joints, fast.num_modules)
+    mirror.load_state_dict(fast.state_dict())
+    return mirror
+
+
+def build_plan_once(fast, x):
+    with torch.no_grad():
+        fast.eval()(x)
+
+
 def assert_plan_matches(fast, ref, x):
     """The fast model in eval mode (fused plan) matches the float64 reference of ``ref``."""
     with torch.no_grad():
@@ -144,8 +156,7 @@ def test_plan_is_cached_while_nothing_changes():
 def test_plan_rebuilt_after_load_state_dict():
     _, fast = make_pair()
     x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        fast.eval()(x)
+    build_plan_once(fast, x)
     ref2 = randomize_bn(reference.StackedHourglass(2, 32, 5))
     fast.load_state_dict(ref2.state_dict())
     assert_plan_matches(fast, ref2, x)
@@ -154,13 +165,11 @@ def test_plan_rebuilt_after_load_state_dict():
 def test_plan_rebuilt_after_optimizer_step_and_train_eval():
     ref, fast = make_pair()
     x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        fast.eval()(x)
+    build_plan_once(fast, x)
     optimizer = torch.optim.SGD(fast.parameters(), lr=1e-3)
     _train_step(fast.train(), x, torch.rand(2, 5, 16, 16))  # also updates the BN running statistics
     optimizer.step()
-    mirror = reference.StackedHourglass(2, 32, 5)
-    mirror.load_state_dict(fast.state_dict())
+    mirror = mirror_of(fast)
     assert not torch.equal(mirror.conv1.weight, ref.conv1.weight)
     assert not torch.equal(mirror.bn1.running_mean, ref.bn1.running_mean)
     assert_plan_matches(fast, mirror, x)
@@ -169,12 +178,10 @@ def test_plan_rebuilt_after_optimizer_step_and_train_eval():
 def test_plan_follows_replaced_modules_and_partial_train_mode():
     ref, fast = make_pair()
     x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        fast.eval()(x)
+    build_plan_once(fast, x)
     fast.out[1] = torch.nn.Conv2d(32, 5, 1)
     fast.lin[0].bn.weight = torch.nn.Parameter(torch.rand(32) + 0.5)
-    mirror = reference.StackedHourglass(2, 32, 5)
-    mirror.load_state_dict(fast.state_dict())
+    mirror = mirror_of(fast)
     assert_plan_matches(fast, mirror, x)
     fast.bn1.train()
     mirror.eval().bn1.train()
@@ -186,11 +193,10 @@ def test_plan_follows_replaced_modules_and_partial_train_mode():
 def test_plan_rebuilt_after_in_place_buffer_update():
     _, fast = make_pair()
     x = torch.rand(1, 3, 64, 64)
+    build_plan_once(fast, x)
     with torch.no_grad():
-        fast.eval()(x)
         fast.hg[0].low2.low2.low2.low2[0].bn2.running_var.mul_(3.0)
-    mirror = reference.StackedHourglass(2, 32, 5)
-    mirror.load_state_dict(fast.state_dict())
+    mirror = mirror_of(fast)
     assert_plan_matches(fast, mirror, x)
 
 
@@ -198,8 +204,7 @@ def test_plan_rebuilt_after_in_place_buffer_update():
 def test_plan_rebuilt_after_cast(dtype):
     ref, fast = make_pair()
     x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        fast.eval()(x)
+    build_plan_once(fast, x)
     fast.to(dtype)
     with torch.no_grad():
         outs = fast(x.to(dtype))
