@@ -161,6 +161,10 @@ def mkldnn_runner_reasons() -> list[str]:
     return reasons
 
 
+#: 1x1 convs on maps of at most this many pixels (8x8) run as plain ATen convs in the CPU runner.
+SMALL_MAP_PIXELS = 64
+
+
 class _MkldnnRunner(_OpsRunner):
     """float32 CPU: oneDNN convolutions with weights prepacked once per plan, ReLU/add fused.
 
@@ -171,10 +175,14 @@ class _MkldnnRunner(_OpsRunner):
     def __init__(self):
         self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, packed)
         self._head_parts: dict[int, tuple[torch.Tensor, ...]] = {}  # id(head_w) -> (head_w, split w and b)
+        self._clamped: dict[int, tuple] = {}  # id(block) -> (block, lo, hi, w1, b1): see _clamp_prologue
 
     def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, stride: int = 1, padding: int | None = None,
               relu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
         pad = [w.shape[-1] // 2 if padding is None else padding] * 2
+        if w.shape[-1] == 1 and x.shape[-1] * x.shape[-2] <= SMALL_MAP_PIXELS:
+            y = F.conv2d(x, w, b)  # ATen's direct path beats oneDNN's per-call overhead on tiny maps
+            return y.relu_() if relu else y if add is None else y.add_(add)
         entry = self._packed.get(id(w))
         if entry is None or entry[0] is not w:
             packed = torch.ops.mkldnn._reorder_convolution_weight(w, pad, [stride] * 2, [1, 1], 1, list(x.shape))
@@ -188,9 +196,31 @@ class _MkldnnRunner(_OpsRunner):
     def stem(self, x, w, b):
         return self._conv(x, w, b, stride=2, padding=3, relu=True)
 
+    def _clamp_prologue(self, block: FoldedResidual) -> tuple:
+        """The prologue ``relu(s*x + t)`` before the 1x1 conv1 as one clamp, s and t moved into conv1.
+
+        With ``c = -t/s``: ``relu(s*x + t) = s*(clamp(x, lo, hi) - c)``, ``lo = c, hi = inf`` where
+        ``s > 0`` and ``lo = -inf, hi = c`` where ``s < 0`` (``s = 0`` gives the constant
+        ``relu(t)``). ``s`` scales conv1's input channels and the constant part goes into its
+        bias (exact: a 1x1 conv has no padding), so the prologue is a single pass over x.
+        """
+        entry = self._clamped.get(id(block))
+        if entry is None or entry[0] is not block:
+            s, t = block.in_scale, block.in_shift
+            nonzero = s != 0
+            c = torch.where(nonzero, -t / torch.where(nonzero, s, torch.ones_like(s)), torch.zeros_like(s))
+            inf = torch.full_like(s, float("inf"))
+            lo = torch.where(s > 0, c, torch.where(nonzero, -inf, c))
+            hi = torch.where(s < 0, c, torch.where(nonzero, inf, c))
+            const = torch.where(nonzero, -s * c, t.clamp_min(0))
+            w1 = (block.w1 * s.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
+            b1 = block.b1 + block.w1.flatten(1) @ const
+            entry = self._clamped[id(block)] = (block, lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1), w1, b1)
+        return entry[1:]
+
     def block(self, x, block, upsample):
-        pre = torch.addcmul(block.in_shift.view(1, -1, 1, 1), x, block.in_scale.view(1, -1, 1, 1)).relu_()
-        h = self._conv(pre, block.w1, block.b1, relu=True)
+        lo, hi, w1, b1 = self._clamp_prologue(block)
+        h = self._conv(torch.clamp(x, lo, hi), w1, b1, relu=True)
         h = self._conv(h, block.w2, block.b2, relu=True)
         skip = x if block.ws is None else self._conv(x, block.ws, block.bs)
         if upsample is not None:

@@ -358,3 +358,16 @@ def test_cpu_runner_handles_new_input_sizes_and_forced_backend(monkeypatch):
     monkeypatch.setenv("SHG_FAST_BACKEND", "reference")
     assert fast.plan_info()["cpu_runner"] == "ops"
     assert_plan_matches(fast, ref, torch.rand(1, 3, 64, 64))
+
+
+def test_cpu_prologue_with_negative_and_zero_bn_scales():
+    """The CPU runner's clamp prologue covers every sign of the block-input BN scale."""
+    ref, _ = make_pair(*SMALL)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, reference.Residual):
+                m.bn1.weight[0::3] *= -1.0
+                m.bn1.weight[1::3] = 0.0
+    fast = StackedHourglass(*SMALL)
+    fast.load_state_dict(ref.state_dict())
+    assert_plan_matches(fast, ref, torch.rand(2, 3, 64, 64))
