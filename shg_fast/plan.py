@@ -13,6 +13,10 @@ or the drop-in :class:`shg_fast.StackedHourglass`, BatchNorm or SyncBatchNorm) a
 
 :meth:`FusedPlan.__call__` runs the plan with the public ops of :mod:`shg_fast.ops`, so the
 best backend for the tensors' device is picked per call (``auto``), activations channels_last.
+float32 CPU plans under ``auto`` run on oneDNN instead (:class:`_MkldnnRunner`: prepacked
+weights, ReLU and residual adds as conv post-ops, the BN-ReLU prologue as one clamp pass,
+the C++ ``upsample_add``), as no fused CPU conv kernel exists; :func:`mkldnn_runner_reasons`
+says why it is not used, ``FusedPlan.info()["runner"]`` which runner a call takes.
 """
 
 from __future__ import annotations
@@ -104,7 +108,7 @@ class FusedPlan:
             "residual_blocks": blocks,
             "upsample_add_epilogues": len(self.stacks) * _hourglass_depth(self.stacks[0].hourglass),
             "merged_heads": sum(s.head_w.shape[0] > self.num_joints for s in self.stacks),
-            "cpu_runner": "mkldnn" if self.device.type == "cpu" and self.dtype == torch.float32
+            "runner": "mkldnn" if self.device.type == "cpu" and self.dtype == torch.float32
             and not mkldnn_runner_reasons() else "ops",
         }
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from shg_fast import StackedHourglass, cuda_graph, reference
+from shg_fast.plan import mkldnn_runner_reasons
 from shg_fast.testing import assert_close_to_reference
 
 from .conftest import devices
@@ -232,15 +233,16 @@ def test_inference_tensor_parameters_are_never_stale():
     assert_outputs_close(outs, truth)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("train", [False, True])
-def test_autocast_bfloat16(train):
+def test_autocast(train, dtype):
     ref, fast = make_pair(*SMALL)
     x = torch.rand(2, 3, 64, 64)
     truth = float64_truth(ref, x, train=train)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         outs = fast.train(train)(x)
         same_dtype = copy.deepcopy(ref).train(train)(x)
-    assert_outputs_close(outs, truth, "bfloat16", same_dtype)
+    assert_outputs_close(outs, truth, str(dtype).removeprefix("torch."), same_dtype)
 
 
 def test_sync_batchnorm_conversion():
@@ -274,6 +276,7 @@ def test_plan_info_describes_the_fusion():
     assert info["upsample_add_epilogues"] == 2 * 4
     assert info["merged_heads"] == 1
     assert info["dtype"] == "torch.float32" and info["device"] == "cpu"
+    assert info["runner"] == ("ops" if mkldnn_runner_reasons() else "mkldnn")
 
 
 def test_torch_compile_training_matches_eager():
@@ -356,7 +359,7 @@ def test_cpu_runner_handles_new_input_sizes_and_forced_backend(monkeypatch):
     for shape in [(1, 3, 64, 64), (2, 3, 128, 64)]:
         assert_plan_matches(fast, ref, torch.rand(shape))
     monkeypatch.setenv("SHG_FAST_BACKEND", "reference")
-    assert fast.plan_info()["cpu_runner"] == "ops"
+    assert fast.plan_info()["runner"] == "ops"
     assert_plan_matches(fast, ref, torch.rand(1, 3, 64, 64))
 
 
