@@ -7,7 +7,9 @@ package never initialises CUDA.
 
 from . import backends, ops, reference
 from .backends import BackendUnavailableError
+from .cuda_graph import cuda_graph
+from .model import StackedHourglass
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailableError", "backends", "ops", "reference", "__version__"]
+__all__ = ["BackendUnavailableError", "StackedHourglass", "backends", "cuda_graph", "ops", "reference", "__version__"]

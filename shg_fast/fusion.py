@@ -18,7 +18,7 @@ from torch import nn
 
 from .reference import Residual
 
-__all__ = ["bn_scale_shift", "fold_bn_into_conv", "FoldedResidual"]
+__all__ = ["bn_scale_shift", "fold_bn_into_conv", "merge_head", "FoldedResidual"]
 
 
 def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,3 +106,27 @@ class FoldedResidual:
             f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(*args, **kwargs)
             for f in fields(self)
         })
+
+
+@torch.no_grad()
+def merge_head(out: nn.Conv2d, merge_features: nn.Conv2d | None = None,
+               merge_preds: nn.Conv2d | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-stack head as one 1x1 conv on ``ll``: heatmaps, then the residual-stream update.
+
+    ``merge_features(ll) + merge_preds(out(ll))`` is linear in ``ll`` (no nonlinearity between),
+    so it is the single 1x1 conv ``W = Wf + Wp·Wo``, ``b = bf + Wp·bo + bp``. Stacked under the
+    heatmap conv ``Wo`` it shares one GEMM: the result has ``K + f`` output channels, the first
+    ``K`` being the heatmaps and the last ``f`` the update added to the residual stream.
+    Without the merge convs (the last stack) this is just ``out``'s weight and bias.
+    """
+    w_out, b_out = out.weight.detach().flatten(1), out.bias.detach()
+    if merge_features is None and merge_preds is None:
+        return out.weight.detach().clone(), b_out.clone()
+    if merge_features is None or merge_preds is None:
+        raise ValueError("merge_head needs both merge_features and merge_preds, or neither")
+    w_f, b_f = merge_features.weight.detach().flatten(1), merge_features.bias.detach()
+    w_p, b_p = merge_preds.weight.detach().flatten(1), merge_preds.bias.detach()
+    w_merged = w_f + w_p @ w_out
+    b_merged = b_f + w_p @ b_out + b_p
+    weight = torch.cat([w_out, w_merged], dim=0)
+    return weight.view(*weight.shape, 1, 1).clone(), torch.cat([b_out, b_merged])

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from shg_fast.fusion import FoldedResidual, bn_scale_shift, fold_bn_into_conv
+from shg_fast.fusion import FoldedResidual, bn_scale_shift, fold_bn_into_conv, merge_head
 from shg_fast.ops import conv_bn_relu, residual_block
 from shg_fast.reference import Residual
 from shg_fast.testing import max_rel_error
@@ -94,3 +94,19 @@ def test_conv_bn_relu_rejects_bad_arguments(kwargs, match):
     args = {"x": torch.randn(1, 3, 6, 6), "weight": torch.randn(4, 3, 3, 3)} | kwargs
     with pytest.raises(ValueError, match=match):
         conv_bn_relu(**args)
+
+
+def test_merge_head_is_one_gemm_for_heatmaps_and_stream_update():
+    f, k = 19, 3
+    out, mf, mp = (torch.nn.Conv2d(a, b, 1).double() for a, b in ((f, k), (f, f), (k, f)))
+    ll = torch.randn(2, f, 5, 7, dtype=torch.float64)
+    w, b = merge_head(out, mf, mp)
+    assert w.shape == (k + f, f, 1, 1) and b.shape == (k + f,)
+    y = torch.nn.functional.conv2d(ll, w, b)
+    heatmaps = out(ll)
+    assert max_rel_error(y[:, :k], heatmaps) < 1e-12
+    assert max_rel_error(y[:, k:], mf(ll) + mp(heatmaps)) < 1e-12
+    w_last, b_last = merge_head(out)
+    assert torch.equal(w_last, out.weight) and w_last is not out.weight and torch.equal(b_last, out.bias)
+    with pytest.raises(ValueError, match="both"):
+        merge_head(out, mf)
