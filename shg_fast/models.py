@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["ModelUnavailableError", "MODEL_KINDS", "DEFAULT_CONFIG", "SHIPPED_CHECKPOINT", "model_class",
+__all__ = ["MODEL_KINDS", "DEFAULT_CONFIG", "SHIPPED_CHECKPOINT", "model_class",
            "build_model", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "export_checkpoint"]
 
 MODEL_KINDS = ("fast", "reference")
@@ -26,22 +26,14 @@ DEFAULT_CONFIG = {"num_stacks": 8, "num_features": 256, "num_joints": 16, "num_m
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "synthetic_small.pt"
 
 
-class ModelUnavailableError(RuntimeError):
-    """The requested model implementation is not part of this build."""
-
-
 def model_class(kind: str = "fast") -> type[nn.Module]:
     """The model class for ``kind``: ``"fast"`` (shg_fast.StackedHourglass) or ``"reference"``."""
     if kind == "reference":
         from .reference import StackedHourglass
         return StackedHourglass
     if kind == "fast":
-        import shg_fast
-        fast = getattr(shg_fast, "StackedHourglass", None)
-        if fast is None:
-            raise ModelUnavailableError("the fast model shg_fast.StackedHourglass is not available in this "
-                                        "build; use --model reference")
-        return fast
+        from .model import StackedHourglass
+        return StackedHourglass
     raise ValueError(f"model kind must be one of {MODEL_KINDS}, got {kind!r}")
 
 

@@ -10,8 +10,6 @@
     ``shg_fast.cuda_graph(fast_model, example)``: the fast model captured in a CUDA graph
     (a plain callable on a CPU).
 
-The fast model and ``cuda_graph`` are looked up on the ``shg_fast`` package when a variant is
-built, in :func:`package_attribute` only: this is the one seam through which they enter.
 """
 
 from __future__ import annotations
@@ -21,27 +19,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["VARIANTS", "VariantUnavailableError", "package_attribute", "build_variant", "compile_mode"]
+from .cuda_graph import cuda_graph
+from .model import StackedHourglass as FastStackedHourglass
+
+__all__ = ["VARIANTS", "build_variant", "compile_mode"]
 
 VARIANTS = ("reference", "fast", "compile", "cuda_graph")
 
 Forward = Callable[[torch.Tensor], list]
-
-
-class VariantUnavailableError(RuntimeError):
-    """A variant cannot be built in this installation (say, the fast model is missing)."""
-
-
-def package_attribute(name: str):
-    """``shg_fast.<name>``, resolved now (the fast model's entry points live there)."""
-    import shg_fast
-
-    try:
-        return getattr(shg_fast, name)
-    except AttributeError:
-        raise VariantUnavailableError(
-            f"shg_fast.{name} does not exist in this installation; the fast model is needed for this variant"
-        ) from None
 
 
 def compile_mode(device: torch.device) -> str | None:
@@ -50,8 +35,7 @@ def compile_mode(device: torch.device) -> str | None:
 
 
 def _fast_model(reference: nn.Module, example: torch.Tensor) -> nn.Module:
-    cls = package_attribute("StackedHourglass")
-    model = cls(num_stacks=reference.num_stacks, num_features=reference.num_features,
+    model = FastStackedHourglass(num_stacks=reference.num_stacks, num_features=reference.num_features,
                 num_joints=reference.num_joints, num_modules=reference.num_modules)
     model.load_state_dict(reference.state_dict())
     return model.to(device=example.device, dtype=example.dtype).eval()
@@ -74,5 +58,5 @@ def build_variant(name: str, reference: nn.Module, example: torch.Tensor) -> For
         torch._dynamo.reset()  # each (batch, dtype) gets a fresh compile, never a cache-limit fallback
         return torch.compile(reference, mode=compile_mode(example.device), dynamic=False)
     if name == "cuda_graph":
-        return package_attribute("cuda_graph")(_fast_model(reference, example), example)
+        return cuda_graph(_fast_model(reference, example), example)
     raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")

@@ -1,9 +1,7 @@
 """shg-fast bench and shg_fast.benchmarking: options, FLOP count, timing maths, report, table, plot.
 
-Most tests inject the reference model as ``shg_fast.StackedHourglass`` (the ``stand_in_fast``
-fixture: the one seam, :func:`shg_fast.variants.package_attribute`) so they test the harness
-whether or not the fast model is installed. ``test_quick_bench_with_the_real_fast_model`` uses
-the real fast model and passes only once it is part of the package.
+The failure-path tests inject a wrong or crashing model as the fast one
+(``shg_fast.variants.FastStackedHourglass``); the others run the real fast model.
 """
 
 import json
@@ -12,20 +10,12 @@ import sys
 import pytest
 import torch
 
-import shg_fast
 from shg_fast import benchmarking, variants
 from shg_fast.cli import main
 from shg_fast.reference import StackedHourglass
 from shg_fast.testing import LOW_PRECISION_FACTOR, TOLERANCES, tolerance
 
 TINY = ["--size", "64", "--stacks", "1", "--batch", "1,2", "--warmup", "0", "--repeats", "1"]
-
-
-@pytest.fixture
-def stand_in_fast(monkeypatch):
-    """The reference model stands in for the fast one; cuda_graph is the identity on the model."""
-    monkeypatch.setattr(shg_fast, "StackedHourglass", StackedHourglass, raising=False)
-    monkeypatch.setattr(shg_fast, "cuda_graph", lambda model, example: model, raising=False)
 
 
 def run_cli(*argv):
@@ -117,13 +107,6 @@ def test_gpu_telemetry_without_nvidia_ml_py(monkeypatch):
     assert "nvidia-ml-py not installed" in benchmarking.gpu_telemetry()["nvml"]
 
 
-def test_missing_fast_model_is_a_clear_error(monkeypatch):
-    monkeypatch.delattr(shg_fast, "StackedHourglass", raising=False)
-    model = StackedHourglass(num_stacks=1).eval()
-    with pytest.raises(variants.VariantUnavailableError, match="shg_fast.StackedHourglass does not exist"):
-        variants.build_variant("fast", model, torch.rand(1, 3, 64, 64))
-
-
 def test_compile_mode_per_device():
     assert variants.compile_mode(torch.device("cuda")) == "max-autotune"
     assert variants.compile_mode(torch.device("cpu")) is None
@@ -148,7 +131,7 @@ def test_table_formatting():
     assert "| NO |" in bad and "error: cuda_graph batch 1 fp32: RuntimeError: boom" in bad
 
 
-def test_quick_cpu_run_writes_json_markdown_and_plot(stand_in_fast, tmp_path, capsys):
+def test_quick_cpu_run_writes_json_markdown_and_plot(tmp_path, capsys):
     paths = {ext: tmp_path / f"run.{ext}" for ext in ("json", "md", "png")}
     status = run_cli("--device", "cpu", "--quick", *TINY, "--variants", "reference,fast,cuda_graph",
                      "--json", str(paths["json"]), "--markdown", str(paths["md"]), "--plot", str(paths["png"]))
@@ -185,7 +168,7 @@ class BrokenModel(StackedHourglass):
 
 @pytest.mark.parametrize("model, message", [(WrongModel, "1 disagree"), (BrokenModel, "1 variant(s) failed")])
 def test_wrong_or_failing_fast_model_fails_the_run(model, message, monkeypatch, capsys):
-    monkeypatch.setattr(shg_fast, "StackedHourglass", model, raising=False)
+    monkeypatch.setattr(variants, "FastStackedHourglass", model)
     assert run_cli("--device", "cpu", *TINY, "--batch", "1", "--variants", "reference,fast") == 1
     captured = capsys.readouterr()
     assert message in captured.err
@@ -196,7 +179,6 @@ def test_wrong_or_failing_fast_model_fails_the_run(model, message, monkeypatch, 
 
 
 def test_quick_bench_with_the_real_fast_model(capsys):
-    """Needs the real shg_fast.StackedHourglass and shg_fast.cuda_graph (fails before they are merged)."""
     status = run_cli("--device", "cpu", "--quick", *TINY, "--batch", "1", "--variants", "reference,fast,cuda_graph")
     out = capsys.readouterr().out
     assert status == 0, out

@@ -32,12 +32,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def _load_model(args):
     import torch
 
-    from ..models import SHIPPED_CHECKPOINT, ModelUnavailableError, model_from_checkpoint
+    from ..models import SHIPPED_CHECKPOINT, model_from_checkpoint
 
     path = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
     try:
         model, ckpt = model_from_checkpoint(path, args.model)
-    except (FileNotFoundError, ValueError, ModelUnavailableError) as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc).splitlines()[0]) from exc
     except RuntimeError as exc:  # load_state_dict: the weights do not fit the configuration
         raise CLIError(f"checkpoint {path} does not fit the model: {str(exc).splitlines()[0]}") from exc

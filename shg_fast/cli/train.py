@@ -18,7 +18,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import ModelUnavailableError
     from ..train import train
 
     if args.res <= 0 or args.res % 64:
@@ -28,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     try:
         history = train(args)
-    except (FileNotFoundError, ValueError, ModelUnavailableError) as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc).splitlines()[0]) from exc
     if history["val"]:
         last = history["val"][-1]
