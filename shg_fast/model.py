@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 import weakref
 
 import torch
@@ -72,6 +73,7 @@ class _PlanCache:
     def __init__(self):
         self.key: tuple | None = None
         self.plans: dict[torch.dtype, FusedPlan] = {}
+        self.warned_untracked = False
 
     def __deepcopy__(self, memo) -> "_PlanCache":
         return _PlanCache()
@@ -132,6 +134,13 @@ class StackedHourglass(reference.StackedHourglass):
         dtype = param_dtype if dtype is None else dtype
         key = state_key(self)
         cache = self._plans
+        if key is None and not cache.warned_untracked:
+            cache.warned_untracked = True
+            warnings.warn(
+                "shg_fast.StackedHourglass: parameters or buffers are inference tensors (created under "
+                "torch.inference_mode), whose updates cannot be tracked, so the fused plan is rebuilt on "
+                "every call; build or load the model outside inference_mode for full speed",
+                RuntimeWarning, stacklevel=3)
         if key is None or key != cache.key:
             cache.key, cache.plans = key, {}
         if dtype not in cache.plans:

@@ -223,11 +223,13 @@ def test_inference_tensor_parameters_are_never_stale():
     with torch.inference_mode():
         ref, fast = make_pair()
         x = torch.rand(1, 3, 64, 64)
-        fast.eval()(x)
-        fast.out[1].bias.add_(1.0)
-        mirror = reference.StackedHourglass(2, 32, 5)
-        mirror.load_state_dict(fast.state_dict())
-        outs = fast(x)
+        with pytest.warns(RuntimeWarning, match="rebuilt on every call") as record:
+            fast.eval()(x)
+            fast.out[1].bias.add_(1.0)
+            mirror = reference.StackedHourglass(2, 32, 5)
+            mirror.load_state_dict(fast.state_dict())
+            outs = fast(x)
+        assert len([w for w in record if "inference tensors" in str(w.message)]) == 1  # warned once
     with torch.no_grad():
         truth = float64_truth(mirror.eval(), x.clone())
     assert_outputs_close(outs, truth)
