@@ -52,6 +52,7 @@ def test_auto_prefers_cpu_extension_on_cpu(monkeypatch):
     assert UPSAMPLE_ADD.select(torch.device("cpu"), None, *_inputs())[0] == expected
 
 
+@pytest.mark.filterwarnings("ignore::shg_fast.backends.BackendFallbackWarning")  # asserted in test_fallback.py
 def test_auto_never_fails_without_the_extension(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     monkeypatch.setattr(_extension, "load", lambda: (None, "extension shg_fast._C not importable (simulated)"))
