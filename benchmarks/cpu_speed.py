@@ -16,18 +16,7 @@ import time
 import torch
 
 from shg_fast import StackedHourglass, reference
-
-
-def randomize(model: torch.nn.Module) -> torch.nn.Module:
-    """Random non-trivial BN statistics, so folding is exercised."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-    return model
+from shg_fast.testing import randomize_batchnorm
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    ref = randomize(reference.StackedHourglass(args.stacks, args.features)).eval()
+    ref = randomize_batchnorm(reference.StackedHourglass(args.stacks, args.features)).eval()
     fast = StackedHourglass(args.stacks, args.features).eval()
     fast.load_state_dict(ref.state_dict())
     x = torch.rand(args.batch, 3, args.size, args.size)

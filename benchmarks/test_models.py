@@ -12,7 +12,7 @@ import torch
 from conftest import DEVICE, ON_GPU
 from shg_fast import benchmarking
 from shg_fast.reference import StackedHourglass
-from shg_fast.testing import max_rel_error
+from shg_fast.testing import max_rel_error, randomize_batchnorm
 from shg_fast.variants import build_variant
 
 STACKS, SIZE, BATCHES = (8, 256, (1, 32)) if ON_GPU else (1, 64, (1, 2))
@@ -25,7 +25,7 @@ CASES = [(variant, batch, dtype) for dtype in DTYPES for batch in BATCHES
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    master = benchmarking.randomize_batchnorm(StackedHourglass(num_stacks=STACKS).eval())
+    master = randomize_batchnorm(StackedHourglass(num_stacks=STACKS).eval(), seed=0)
     return master, copy.deepcopy(master).to(device=DEVICE, dtype=torch.float64)
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .reference import StackedHourglass
-from .testing import max_rel_error, tolerance
+from .testing import max_rel_error, randomize_batchnorm, tolerance
 from .variants import VARIANTS, build_variant
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "precision",
     "time_calls",
     "timing_summary",
-    "randomize_batchnorm",
     "stacked_outputs",
     "example_input",
     "ground_truth",
@@ -324,21 +323,6 @@ def timing_summary(seconds: list[float], batch: int, flops_per_image: float | No
     }
 
 
-@torch.no_grad()
-def randomize_batchnorm(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm non-trivial running statistics and affine parameters (reproducibly).
-
-    A freshly built model has identity BNs, under which a wrong BN folding goes unnoticed.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            for tensor, low, high in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 2.0),
-                                      (m.weight, 0.5, 1.5), (m.bias, -0.5, 0.5)):
-                tensor.copy_(torch.empty(tensor.shape).uniform_(low, high, generator=generator))
-    return module
-
-
 def stacked_outputs(outputs: list[torch.Tensor]) -> torch.Tensor:
     """All stacks' heatmaps as one ``(stacks, N, J, H, W)`` tensor (a copy: CUDA-graph outputs get reused)."""
     return torch.stack([o.detach() for o in outputs]).clone()
@@ -391,7 +375,7 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
     macs = conv_macs(config.stacks, config.size)
     flops = 2 * macs
     torch.manual_seed(0)
-    master = randomize_batchnorm(StackedHourglass(num_stacks=config.stacks).eval())
+    master = randomize_batchnorm(StackedHourglass(num_stacks=config.stacks).eval(), seed=0)
     truth_model = copy.deepcopy(master).to(device=device, dtype=torch.float64)
     results, errors = [], []
     bar = _progress(len(_steps(config)), progress)

@@ -9,9 +9,10 @@ implementation's own error in that dtype (DESIGN.md): a kernel may be at most
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 __all__ = ["TOLERANCES", "LOW_PRECISION_FACTOR", "RSS_GROWTH_LIMIT_BYTES", "max_rel_error", "tolerance",
-           "assert_close_to_reference"]
+           "assert_close_to_reference", "randomize_batchnorm"]
 
 #: Bound on max|out - ref| / max|ref| per compute mode, for fp32-class results.
 TOLERANCES: dict[str, float] = {
@@ -72,3 +73,19 @@ def assert_close_to_reference(out: torch.Tensor, truth: torch.Tensor, mode: str,
     if not err <= bound:
         raise AssertionError(f"{mode}: max relative error {err:.3e} exceeds {bound:.3e}")
     return err
+
+
+@torch.no_grad()
+def randomize_batchnorm(module: nn.Module, seed: int | None = None) -> nn.Module:
+    """Give every BatchNorm in ``module`` non-trivial running statistics and affine parameters.
+
+    A freshly built model has identity BNs, under which a wrong BN folding goes unnoticed.
+    ``seed`` makes the values reproducible on their own; ``None`` draws from torch's global RNG.
+    """
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for tensor, low, high in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 2.0),
+                                      (m.weight, 0.5, 1.5), (m.bias, -0.5, 0.5)):
+                tensor.copy_(torch.empty(tensor.shape).uniform_(low, high, generator=generator))
+    return module

@@ -37,6 +37,15 @@ def poison_empty():
     torch.utils.deterministic.fill_uninitialized_memory = old_fill
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny convs gain nothing from more, and a shared CI machine loses a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def devices():
     """CPU always; CUDA as a gpu-marked param."""
     return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

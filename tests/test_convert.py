@@ -5,7 +5,7 @@ from shg_fast import convert
 from shg_fast.cli import main
 from shg_fast.reference import StackedHourglass
 from shg_fast.testing import assert_close_to_reference
-from .helpers import one_thread, randomize_bn  # noqa: F401 (fixture)
+from .helpers import randomize_bn
 from .ports import BearpawHourglassNet, PrincetonPoseNet
 
 TINY = dict(num_stacks=2, num_features=16, num_joints=3)

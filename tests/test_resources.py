@@ -12,7 +12,7 @@ from shg_fast.ops import decode_heatmaps, upsample_add
 from shg_fast.reference import StackedHourglass
 from shg_fast.testing import RSS_GROWTH_LIMIT_BYTES
 
-from .helpers import one_thread, randomize_bn  # noqa: F401 (fixture)
+from .helpers import randomize_bn
 
 PASSES = 1000
 WARMUP = 50

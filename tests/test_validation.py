@@ -15,7 +15,7 @@ from shg_fast.ops.upsample_add import UPSAMPLE_ADD
 from shg_fast.reference import Residual, StackedHourglass
 from shg_fast.testing import assert_close_to_reference
 
-from .helpers import backends_of, one_thread, randomize_bn  # noqa: F401 (fixture)
+from .helpers import backends_of, randomize_bn
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

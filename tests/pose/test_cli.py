@@ -5,7 +5,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 import torch
 
 from shg_fast.cli import main
