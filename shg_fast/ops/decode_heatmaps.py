@@ -105,13 +105,17 @@ def decode_heatmaps_reference(
     return coords, maxvals
 
 
+def decode_outputs(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised ``(coords (N,K,2), maxvals (N,K))`` float32 outputs on heatmaps' device."""
+    n, k = heatmaps.shape[:2]
+    return heatmaps.new_empty((n, k, 2), dtype=torch.float32), heatmaps.new_empty((n, k), dtype=torch.float32)
+
+
 def _register_library_op() -> None:
     @torch.library.register_fake("shg_fast::decode_heatmaps")
     def _(heatmaps, flipped, flip_perm):
         torch._check(heatmaps.dim() == 4, lambda: "decode_heatmaps needs a 4-D tensor")
-        n, k = heatmaps.shape[:2]
-        coords = heatmaps.new_empty((n, k, 2), dtype=torch.float32)
-        return coords, heatmaps.new_empty((n, k), dtype=torch.float32)
+        return decode_outputs(heatmaps)
 
 
 DECODE_HEATMAPS = FusedOp("decode_heatmaps")

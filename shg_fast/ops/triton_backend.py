@@ -26,10 +26,10 @@ from typing import List, Optional, Tuple
 import torch
 
 from .conv_bn_relu import CONV_BN_RELU
-from .decode_heatmaps import DECODE_HEATMAPS
+from .decode_heatmaps import DECODE_HEATMAPS, decode_outputs
 from .decode_heatmaps import SUPPORTED_DTYPES as DECODE_DTYPES
 from .residual_block import RESIDUAL_BLOCK
-from .upsample_add import UPSAMPLE_ADD, _upsample_add_backward_low
+from .upsample_add import UPSAMPLE_ADD, upsample_add_backward, upsample_add_setup_context
 
 __all__ = ["KERNEL_DTYPES", "IMPORT_ERROR"]
 
@@ -110,20 +110,6 @@ def _conv_output(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: in
     return torch.empty((n, c_out, oh, ow), dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
-def _decode_outputs(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    n, k = heatmaps.shape[:2]
-    coords = torch.empty((n, k, 2), dtype=torch.float32, device=heatmaps.device)
-    return coords, torch.empty((n, k), dtype=torch.float32, device=heatmaps.device)
-
-
-def _upsample_add_setup_context(ctx, inputs, output):
-    ctx.low_shape = inputs[0].shape
-
-
-def _upsample_add_backward(ctx, grad):
-    return _upsample_add_backward_low(grad, ctx.low_shape), grad
-
-
 def _register_ops() -> None:
     """Define the triton ops and register them with the fused ops' ``triton`` backend."""
 
@@ -145,12 +131,12 @@ def _register_ops() -> None:
         torch._check(low.dim() == 4 and skip.dim() == 4, lambda: "upsample_add_triton needs 4-D tensors")
         return torch.empty_like(skip)
 
-    upsample_add_triton.register_autograd(_upsample_add_backward, setup_context=_upsample_add_setup_context)
+    upsample_add_triton.register_autograd(upsample_add_backward, setup_context=upsample_add_setup_context)
 
     @triton_op("shg_fast::decode_heatmaps_triton", mutates_args=())
     def decode_heatmaps_triton(heatmaps: torch.Tensor, flipped: Optional[torch.Tensor],
                                flip_perm: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        coords, maxvals = _decode_outputs(heatmaps)
+        coords, maxvals = decode_outputs(heatmaps)
         n, k, h, w = heatmaps.shape
         if n * k == 0:
             return coords, maxvals
@@ -168,7 +154,7 @@ def _register_ops() -> None:
     @decode_heatmaps_triton.register_fake
     def _(heatmaps, flipped, flip_perm):
         torch._check(heatmaps.dim() == 4, lambda: "decode_heatmaps_triton needs a 4-D tensor")
-        return _decode_outputs(heatmaps)
+        return decode_outputs(heatmaps)
 
     @triton_op("shg_fast::conv_bn_relu_triton", mutates_args=())
     def conv_bn_relu_triton(

@@ -53,6 +53,16 @@ def _upsample_add_backward_low(grad: torch.Tensor, low_shape: torch.Size) -> tor
     return padded.reshape(n, c, low_shape[-2], 2, low_shape[-1], 2).sum(dim=(3, 5))
 
 
+def upsample_add_setup_context(ctx, inputs, output):
+    """Autograd context of every upsample_add library op: the shape of ``low``."""
+    ctx.low_shape = inputs[0].shape
+
+
+def upsample_add_backward(ctx, grad):
+    """Backward of every upsample_add library op: ``(grad_low, grad_skip)``."""
+    return _upsample_add_backward_low(grad, ctx.low_shape), grad
+
+
 def _register_library_op() -> None:
     """Fake kernel and autograd for the extension's ``shg_fast::upsample_add``."""
 
@@ -62,13 +72,8 @@ def _register_library_op() -> None:
         torch._check(low.dtype == skip.dtype, lambda: "upsample_add needs matching dtypes")
         return torch.empty_like(skip)
 
-    def setup_context(ctx, inputs, output):
-        ctx.low_shape = inputs[0].shape
-
-    def backward(ctx, grad):
-        return _upsample_add_backward_low(grad, ctx.low_shape), grad
-
-    torch.library.register_autograd("shg_fast::upsample_add", backward, setup_context=setup_context)
+    torch.library.register_autograd("shg_fast::upsample_add", upsample_add_backward,
+                                    setup_context=upsample_add_setup_context)
 
 
 UPSAMPLE_ADD = FusedOp("upsample_add")
