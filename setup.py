@@ -10,6 +10,7 @@ Install with `pip install -e . --no-build-isolation` so the installed torch is u
 
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -48,15 +49,24 @@ print(f"shg_fast build: C++ sources {cpp_sources}")
 print(f"shg_fast build: CUDA sources {cuda_sources if BUILD_CUDA else '(not built)'}")
 
 extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+extra_link_args = []
+# at::parallel_for is a header template: without -fopenmp it runs every loop on one thread. The
+# extension then links libgomp.so.1, the OpenMP runtime torch already loaded, so there is one pool.
+if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+    extra_compile_args["cxx"].append("-fopenmp")
+    extra_link_args.append("-fopenmp")
+print(f"shg_fast build: C++ flags {extra_compile_args['cxx']}, link flags {extra_link_args}")
 if BUILD_CUDA:
     extra_compile_args["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
     extension = CUDAExtension(
         "shg_fast._C", cpp_sources + cuda_sources, include_dirs=["csrc"],
-        extra_compile_args=extra_compile_args, define_macros=[("SHG_FAST_WITH_CUDA", "1")],
+        extra_compile_args=extra_compile_args, extra_link_args=extra_link_args,
+        define_macros=[("SHG_FAST_WITH_CUDA", "1")],
     )
 else:
     extension = CppExtension(
         "shg_fast._C", cpp_sources, include_dirs=["csrc"], extra_compile_args=extra_compile_args,
+        extra_link_args=extra_link_args,
     )
 
 setup(
