@@ -91,4 +91,30 @@ inline void check_residual_block(const at::Tensor& x, const at::Tensor& in_scale
   }
 }
 
+// Winograd 3x3 convolution: float32/float64 CPU, x (N, C_in, H, W), weight_t (36, C_in, C_out), bias (C_out).
+inline void check_winograd_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 3 && weight.size(3) == 3,
+              "winograd_weight: weight must be (C_out, C_in, 3, 3), got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble,
+              "winograd_weight: weight must be float32 or float64, got ", weight.scalar_type());
+}
+
+inline void check_winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight_t,
+                                   const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 4, "winograd_conv3x3: x must be 4-D (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "winograd_conv3x3: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(weight_t.dim() == 3 && weight_t.size(0) == 36 && weight_t.size(1) == x.size(1),
+              "winograd_conv3x3: weight_t must be (36, C_in = ", x.size(1), ", C_out) from winograd_weight, got ",
+              weight_t.sizes());
+  TORCH_CHECK(weight_t.scalar_type() == x.scalar_type(), "winograd_conv3x3: weight_t dtype ",
+              weight_t.scalar_type(), " differs from x ", x.scalar_type());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight_t.size(2), "winograd_conv3x3: bias must be (",
+                weight_t.size(2), "), got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "winograd_conv3x3: bias dtype ", bias->scalar_type(),
+                " differs from x ", x.scalar_type());
+  }
+}
+
 }  // namespace shg_fast

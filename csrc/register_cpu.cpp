@@ -27,12 +27,25 @@ at::Tensor residual_block_cpu(const at::Tensor& x, const at::Tensor& in_scale, c
   return cpu::residual_block(x, in_scale, in_shift, w1, b1, w2, b2, w3, b3, ws, bs, upsample);
 }
 
+at::Tensor winograd_weight_cpu(const at::Tensor& weight) {
+  check_winograd_weight(weight);
+  return cpu::winograd_weight(weight);
+}
+
+at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
+                                bool relu) {
+  check_winograd_conv3x3(x, weight_t, bias);
+  return cpu::winograd_conv3x3(x, weight_t, bias, relu);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(shg_fast, CPU, m) {
   m.impl("upsample_add", &upsample_add_cpu);
   m.impl("decode_heatmaps", &decode_heatmaps_cpu);
   m.impl("residual_block", &residual_block_cpu);
+  m.impl("winograd_weight", &winograd_weight_cpu);
+  m.impl("winograd_conv3x3", &winograd_conv3x3_cpu);
 }
 
 }  // namespace shg_fast

@@ -22,4 +22,9 @@ TORCH_LIBRARY(shg_fast, m) {
   // The output is channels_last exactly when x is channels_last and not contiguous.
   m.def("residual_block(Tensor x, Tensor in_scale, Tensor in_shift, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
         "Tensor w3, Tensor b3, Tensor? ws, Tensor? bs, Tensor? upsample) -> Tensor");
+  // 3x3 convolution (stride 1, padding 1) by Winograd F(4x4, 3x3), CPU only: winograd_weight turns
+  // (C_out, C_in, 3, 3) weights into (36, C_in, C_out); winograd_conv3x3 adds bias, then ReLU if asked.
+  // The output is channels_last exactly when x is channels_last and not contiguous.
+  m.def("winograd_weight(Tensor weight) -> Tensor");
+  m.def("winograd_conv3x3(Tensor x, Tensor weight_t, Tensor? bias, bool relu) -> Tensor");
 }

@@ -19,4 +19,12 @@ at::Tensor residual_block(const at::Tensor& x, const at::Tensor& in_scale, const
                           const at::Tensor& w3, const at::Tensor& b3, const c10::optional<at::Tensor>& ws,
                           const c10::optional<at::Tensor>& bs, const c10::optional<at::Tensor>& upsample);
 
+// Winograd F(4x4, 3x3) weights (C_out, C_in, 3, 3) -> (36, C_in, C_out), transformed in float64.
+at::Tensor winograd_weight(const at::Tensor& weight);
+
+// 3x3 convolution, stride 1, padding 1, by Winograd F(4x4, 3x3) on weights from winograd_weight;
+// optional bias and ReLU (arguments as the shg_fast::winograd_conv3x3 schema, already checked).
+at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
+                            bool relu);
+
 }  // namespace shg_fast::cpu

@@ -9,6 +9,7 @@ from .conv_bn_relu import conv_bn_relu, conv_bn_relu_reference
 from .decode_heatmaps import MPII_FLIP_PAIRS, decode_heatmaps, decode_heatmaps_reference, flip_permutation
 from .residual_block import residual_block, residual_block_reference
 from .upsample_add import upsample_add, upsample_add_reference
+from .winograd import winograd_available, winograd_conv3x3, winograd_conv3x3_reference, winograd_weight
 from . import triton_backend  # noqa: E402,F401  (registers the triton backend; never raises)
 
 __all__ = [
@@ -22,4 +23,8 @@ __all__ = [
     "residual_block_reference",
     "upsample_add",
     "upsample_add_reference",
+    "winograd_available",
+    "winograd_conv3x3",
+    "winograd_conv3x3_reference",
+    "winograd_weight",
 ]

@@ -1,0 +1,122 @@
+"""3x3 convolution (stride 1, padding 1) by Winograd F(4x4, 3x3) on the CPU.
+
+The C++ extension's kernel (csrc/cpu/winograd.cpp) does a quarter of the direct convolution's
+multiplications: it transforms 6x6 input tiles, runs one GEMM per tile position on weights
+transformed once by :func:`winograd_weight`, and transforms back with bias and ReLU fused. The
+float32 CPU runner of the fused plan uses it for the residual blocks' 3x3 convolutions
+(``SHG_FAST_WINOGRAD=0`` turns that off). float32 results are within about twice the rounding
+error of a direct convolution (see ``tests/ops/test_winograd.py``); float64 is exact to rounding.
+
+Inference only (no autograd), CPU only, float32 and float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from .. import _extension
+from ..backends import BackendUnavailableError
+
+__all__ = ["winograd_available", "winograd_weight", "winograd_conv3x3", "winograd_conv3x3_reference",
+           "check_winograd_conv3x3"]
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+POSITIONS = 36  # 6x6 input tile
+
+
+def winograd_available() -> bool:
+    """True when the extension's CPU Winograd kernels are loaded."""
+    return _extension.has_kernel("winograd_conv3x3", "CPU")
+
+
+def _require_kernel() -> None:
+    if not winograd_available():
+        reason = _extension.load()[1] or "the loaded extension has no shg_fast::winograd_conv3x3 (rebuild it)"
+        raise BackendUnavailableError(f"winograd_conv3x3: {reason}")
+
+
+def _check_tensor(op: str, name: str, t: torch.Tensor, dim: int) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+    if t.dim() != dim:
+        raise ValueError(f"{op}: {name} must be {dim}-D, got shape {tuple(t.shape)}")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{op}: {name} dtype must be one of {SUPPORTED_DTYPES}, got {t.dtype}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{op}: {name} must be a CPU tensor, got device {t.device}")
+
+
+def check_winograd_conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """Raise TypeError/ValueError unless ``(x, weight_t, bias)`` meet :func:`winograd_conv3x3`'s contract."""
+    op = "winograd_conv3x3"
+    _check_tensor(op, "x", x, 4)
+    _check_tensor(op, "weight_t", weight_t, 3)
+    if weight_t.shape[0] != POSITIONS or weight_t.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: weight_t must be ({POSITIONS}, C_in={x.shape[1]}, C_out) from winograd_weight, "
+                         f"got {tuple(weight_t.shape)}")
+    if weight_t.dtype != x.dtype:
+        raise TypeError(f"{op}: weight_t dtype {weight_t.dtype} differs from x {x.dtype}")
+    if bias is not None:
+        _check_tensor(op, "bias", bias, 1)
+        if bias.shape[0] != weight_t.shape[2] or bias.dtype != x.dtype:
+            raise ValueError(f"{op}: bias must be ({weight_t.shape[2]},) {x.dtype}, got {tuple(bias.shape)} {bias.dtype}")
+
+
+def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Transform ``(C_out, C_in, 3, 3)`` conv weights to the ``(36, C_in, C_out)`` Winograd domain.
+
+    Computed in float64 and returned in ``weight``'s dtype; do it once per set of weights.
+    """
+    _check_tensor("winograd_weight", "weight", weight, 4)
+    if tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"winograd_weight: weight must be (C_out, C_in, 3, 3), got {tuple(weight.shape)}")
+    _require_kernel()
+    return torch.ops.shg_fast.winograd_weight(weight)
+
+
+def winograd_conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None,
+                     relu: bool = False) -> torch.Tensor:
+    """``conv2d(x, weight, bias, padding=1)`` (then ReLU if ``relu``) with ``weight_t = winograd_weight(weight)``.
+
+    Args:
+        x: ``(N, C_in, H, W)`` float32/float64 CPU input; channels_last runs without a copy.
+        weight_t: ``(36, C_in, C_out)`` transformed weights in ``x``'s dtype.
+        bias: optional ``(C_out,)``.
+        relu: apply ReLU after the bias.
+
+    Returns ``(N, C_out, H, W)``, channels_last exactly when ``x`` is channels_last (and not
+    also contiguous). Raises :class:`~shg_fast.backends.BackendUnavailableError` without the
+    extension.
+    """
+    check_winograd_conv3x3(x, weight_t, bias)
+    _require_kernel()
+    return torch.ops.shg_fast.winograd_conv3x3(x, weight_t, bias, bool(relu))
+
+
+def winograd_conv3x3_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                               relu: bool = False) -> torch.Tensor:
+    """Pure-PyTorch twin: ``conv2d(x, weight, bias, padding=1)``, then ReLU if ``relu``."""
+    y = F.conv2d(x, weight, bias, padding=1)
+    return y.relu() if relu else y
+
+
+def _register_library_op() -> None:
+    """Fake kernels of the extension's Winograd ops (shapes only, for tracing)."""
+
+    @torch.library.register_fake("shg_fast::winograd_weight")
+    def _(weight):
+        torch._check(weight.dim() == 4, lambda: "winograd_weight needs a 4-D weight")
+        return weight.new_empty((POSITIONS, weight.shape[1], weight.shape[0]))
+
+    @torch.library.register_fake("shg_fast::winograd_conv3x3")
+    def _(x, weight_t, bias, relu):
+        torch._check(x.dim() == 4 and weight_t.dim() == 3, lambda: "winograd_conv3x3 needs 4-D x, 3-D weight_t")
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        n, _, h, w = x.shape
+        return x.new_empty((n, weight_t.shape[2], h, w)).contiguous(memory_format=fmt)
+
+
+if winograd_available():
+    _register_library_op()
