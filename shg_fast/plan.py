@@ -15,13 +15,15 @@ or the drop-in :class:`shg_fast.StackedHourglass`, BatchNorm or SyncBatchNorm) a
 best backend for the tensors' device is picked per call (``auto``), activations channels_last.
 float32 CPU plans under ``auto`` run on oneDNN instead (:class:`_MkldnnRunner`: prepacked
 weights, ReLU and residual adds as conv post-ops, the BN-ReLU prologue as one clamp pass,
-the C++ ``upsample_add``), as no fused CPU conv kernel exists; :func:`mkldnn_runner_reasons`
+the C++ ``upsample_add``, and the 3x3 convs by the C++ Winograd F(4x4, 3x3) kernel unless
+``SHG_FAST_WINOGRAD=0``), as no fused CPU conv kernel exists; :func:`mkldnn_runner_reasons`
 says why it is not used, ``FusedPlan.info()["runner"]`` which runner a call takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -110,6 +112,8 @@ class FusedPlan:
             "merged_heads": sum(s.head_w.shape[0] > self.num_joints for s in self.stacks),
             "runner": "mkldnn" if self.device.type == "cpu" and self.dtype == torch.float32
             and not mkldnn_runner_reasons() else "ops",
+            "winograd_3x3": self.device.type == "cpu" and self.dtype == torch.float32
+            and not mkldnn_runner_reasons() and winograd_enabled(),
         }
 
 
@@ -168,6 +172,18 @@ def mkldnn_runner_reasons() -> list[str]:
 #: 1x1 convs on maps of at most this many pixels (8x8) run as plain ATen convs in the CPU runner.
 SMALL_MAP_PIXELS = 64
 
+#: Environment variable: ``0`` makes the CPU runner use oneDNN's direct 3x3 convolutions instead of Winograd.
+WINOGRAD_ENV_VAR = "SHG_FAST_WINOGRAD"
+
+#: Smallest map side on which the CPU runner's 3x3 convs use Winograd F(4x4, 3x3) (one 4x4 tile
+#: wastes most of its work on padding below this).
+WINOGRAD_MIN_SIDE = 8
+
+
+def winograd_enabled() -> bool:
+    """True when the CPU runner's 3x3 convolutions use Winograd: the kernel exists and ``$SHG_FAST_WINOGRAD`` is not 0."""
+    return os.environ.get(WINOGRAD_ENV_VAR, "1").strip() != "0" and ops.winograd_available()
+
 
 class _MkldnnRunner(_OpsRunner):
     """float32 CPU: oneDNN convolutions with weights prepacked once per plan, ReLU/add fused.
@@ -178,12 +194,19 @@ class _MkldnnRunner(_OpsRunner):
 
     def __init__(self):
         self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, packed)
+        self._winograd: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, transformed)
         self._head_parts: dict[int, tuple[torch.Tensor, ...]] = {}  # id(head_w) -> (head_w, split w and b)
         self._clamped: dict[int, tuple] = {}  # id(block) -> (block, lo, hi, w1, b1): see _clamp_prologue
 
     def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, stride: int = 1, padding: int | None = None,
               relu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
         pad = [w.shape[-1] // 2 if padding is None else padding] * 2
+        if (w.shape[-1] == 3 and stride == 1 and pad[0] == 1 and add is None
+                and min(x.shape[-2:]) >= WINOGRAD_MIN_SIDE and winograd_enabled()):
+            entry = self._winograd.get(id(w))
+            if entry is None or entry[0] is not w:
+                entry = self._winograd[id(w)] = (w, ops.winograd_weight(w))
+            return ops.winograd_conv3x3(x, entry[1], b, relu=relu)
         if w.shape[-1] == 1 and x.shape[-1] * x.shape[-2] <= SMALL_MAP_PIXELS:
             y = F.conv2d(x, w, b)  # ATen's direct path beats oneDNN's per-call overhead on tiny maps
             return y.relu_() if relu else y if add is None else y.add_(add)

@@ -376,3 +376,33 @@ def test_cpu_prologue_with_negative_and_zero_bn_scales():
     fast = StackedHourglass(*SMALL)
     fast.load_state_dict(ref.state_dict())
     assert_plan_matches(fast, ref, torch.rand(2, 3, 64, 64))
+
+
+def test_cpu_runner_uses_winograd_for_3x3_convs_unless_disabled(monkeypatch):
+    """float32 CPU plans run their 3x3 convs (maps of 8x8 and up) by Winograd; SHG_FAST_WINOGRAD=0 turns it off.
+
+    Both ways match the float64 reference; the weight transform is done once per plan.
+    """
+    from shg_fast import ops
+    from shg_fast.plan import WINOGRAD_MIN_SIDE
+
+    if mkldnn_runner_reasons() or not ops.winograd_available():
+        pytest.skip("the float32 CPU runner or the Winograd kernel is not available")
+    calls, transforms = [], []
+    conv, transform = ops.winograd_conv3x3, ops.winograd_weight
+    monkeypatch.setattr(ops, "winograd_conv3x3", lambda x, *a, **k: calls.append(x.shape[-2:]) or conv(x, *a, **k))
+    monkeypatch.setattr(ops, "winograd_weight", lambda w: transforms.append(w.shape) or transform(w))
+    ref, fast = make_pair(*CONFIGS[0])
+    x = torch.rand(1, 3, 128, 128)
+    assert fast.eval().plan_info()["winograd_3x3"]
+    assert_plan_matches(fast, ref, x)
+    assert calls and all(min(hw) >= WINOGRAD_MIN_SIDE for hw in calls)
+    first_calls = len(calls)
+    assert len(transforms) == first_calls  # every block has its own 3x3 weight
+    assert_plan_matches(fast, ref, x)
+    assert len(calls) == 2 * first_calls and len(transforms) == first_calls  # transformed once per plan
+
+    monkeypatch.setenv("SHG_FAST_WINOGRAD", "0")
+    assert not fast.plan_info()["winograd_3x3"]
+    assert_plan_matches(fast, ref, x)
+    assert len(calls) == 2 * first_calls
