@@ -15,7 +15,8 @@ from shg_fast.backends import BACKENDS, triton_interpreter
 from shg_fast.benchmarking import DTYPES
 from shg_fast.testing import randomize_batchnorm
 from shg_fast.fusion import FoldedResidual
-from shg_fast.ops import conv_bn_relu, decode_heatmaps, residual_block, upsample_add
+from shg_fast.ops import (conv_bn_relu, decode_heatmaps, residual_block, upsample_add, winograd_available,
+                          winograd_conv3x3, winograd_conv3x3_reference, winograd_weight)
 from shg_fast.reference import Residual
 from shg_fast.testing import max_rel_error, tolerance
 
@@ -91,3 +92,28 @@ def test_op(op, size, backend, dtype_name, timed, benchmark):
     same_dtype = fn(*args, **kwargs, backend="reference")
     for got, ref, want in zip(_as_tuple(out), _as_tuple(same_dtype), _as_tuple(truth)):
         assert max_rel_error(got, want) <= tolerance(DTYPES[dtype_name][2], max_rel_error(ref, want))
+
+
+@pytest.mark.skipif(ON_GPU or not winograd_available(), reason="CPU only; needs the C++ extension")
+@pytest.mark.parametrize("algorithm", ["winograd", "onednn_direct"])
+@pytest.mark.parametrize("size", SIZES[:-1])
+def test_cpu_conv3x3_winograd_vs_direct(size, algorithm, timed, benchmark):
+    """The residual's 3x3 conv (128 -> 128, ReLU) as the CPU runner runs it: Winograd F(4x4, 3x3)
+    against oneDNN's direct convolution on prepacked weights (``SHG_FAST_WINOGRAD=0``)."""
+    x = _rand(BATCH, MID, size, size).contiguous(memory_format=torch.channels_last)
+    weight, bias = _rand(MID, MID, 3, 3) / 32, _rand(MID)
+    if algorithm == "winograd":
+        fn, args = winograd_conv3x3, (x, winograd_weight(weight), bias)
+    else:
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            weight.contiguous(memory_format=torch.channels_last), [1, 1], [1, 1], [1, 1], 1, list(x.shape))
+
+        def fn(x, packed, bias, relu):
+            return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [1, 1], [1, 1], [1, 1], 1, "relu", [], "")
+
+        args = (x, packed, bias)
+    benchmark.group = f"conv3x3_relu {size}x{size} batch {BATCH} fp32 (CPU runner)"
+    with torch.inference_mode():
+        out = timed(fn, *args, images=BATCH, flops_per_image=2 * MID * MID * 9 * size * size, relu=True)
+    truth = winograd_conv3x3_reference(x.double(), weight.double(), bias.double(), relu=True)
+    assert max_rel_error(out, truth) <= tolerance("float32")

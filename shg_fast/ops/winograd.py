@@ -12,6 +12,8 @@ Inference only (no autograd), CPU only, float32 and float64.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.nn import functional as F
 
@@ -25,8 +27,9 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 POSITIONS = 36  # 6x6 input tile
 
 
+@functools.lru_cache(maxsize=None)
 def winograd_available() -> bool:
-    """True when the extension's CPU Winograd kernels are loaded."""
+    """True when the extension's CPU Winograd kernels are loaded (checked once per process)."""
     return _extension.has_kernel("winograd_conv3x3", "CPU")
 
 
