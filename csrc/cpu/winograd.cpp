@@ -17,6 +17,8 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "../checks.h"
 #include "kernels.h"
@@ -219,9 +221,15 @@ __attribute__((target("avx2,fma"))) void output_transform_avx2(const T* m, const
   output_transform_body(m, bias, y, g, C, relu, first, begin, end);
 }
 
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
+// True when the CPU has AVX2 and FMA, unless SHG_FAST_CPU_BASELINE=1 asks for the baseline code
+// (read once per process; the tests run both paths).
+bool use_avx2_fma() {
+  static const bool use = [] {
+    const char* baseline = std::getenv("SHG_FAST_CPU_BASELINE");
+    const bool forced_baseline = baseline != nullptr && std::string(baseline) == "1";
+    return !forced_baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return use;
 }
 #endif
 
@@ -229,7 +237,7 @@ template <typename T>
 void input_transform(const T* x, T* v, const TileGrid& g, int64_t C, int64_t first, int64_t last) {
   at::parallel_for(first, last, kGrainTiles, [&](int64_t begin, int64_t end) {
 #if SHG_WINOGRAD_AVX2
-    if (cpu_has_avx2_fma()) {
+    if (use_avx2_fma()) {
       return input_transform_avx2(x, v, g, C, first, begin, end);
     }
 #endif
@@ -242,7 +250,7 @@ void output_transform(const T* m, const T* bias, T* y, const TileGrid& g, int64_
                       int64_t last) {
   at::parallel_for(first, last, kGrainTiles, [&](int64_t begin, int64_t end) {
 #if SHG_WINOGRAD_AVX2
-    if (cpu_has_avx2_fma()) {
+    if (use_avx2_fma()) {
       return output_transform_avx2(m, bias, y, g, C, relu, first, begin, end);
     }
 #endif

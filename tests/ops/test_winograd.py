@@ -1,5 +1,11 @@
 """The CPU Winograd F(4x4, 3x3) convolution against its pure-PyTorch twin (F.conv2d)."""
 
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -141,3 +147,33 @@ def test_missing_kernel_raises_backend_unavailable(monkeypatch):
     monkeypatch.setattr(winograd, "winograd_available", lambda: False)
     with pytest.raises(BackendUnavailableError, match="winograd_conv3x3"):
         winograd.winograd_conv3x3(torch.randn(1, 2, 4, 4), torch.randn(36, 2, 3))
+
+
+def test_baseline_instruction_set_path(tmp_path):
+    """SHG_FAST_CPU_BASELINE=1 runs the transforms built for the baseline ISA (what a CPU without AVX2 gets).
+
+    Both paths are within tolerance of float64; on an AVX2+FMA CPU they round differently
+    (fused multiply-adds), which shows the switch took effect.
+    """
+    x, weight, bias = make((2, 24, 40, 13, 10), torch.float32)
+    torch.save((x, weight, bias), tmp_path / "case.pt")
+    code = ("import torch, sys; from shg_fast.ops import winograd_conv3x3, winograd_weight; "
+            "x, w, b = torch.load(sys.argv[1]); torch.save(winograd_conv3x3(x, winograd_weight(w), b), sys.argv[2])")
+    env = {**os.environ, "SHG_FAST_CPU_BASELINE": "1"}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "case.pt"), str(tmp_path / "out.pt")], env=env,
+                   check=True, timeout=120)
+    baseline = torch.load(tmp_path / "out.pt")
+    default = winograd_conv3x3(x, winograd_weight(weight), bias)
+    truth = winograd_conv3x3_reference(x.double(), weight.double(), bias.double())
+    assert max_rel_error(baseline, truth) <= TOLERANCES["float32"]
+    assert max_rel_error(default, truth) <= TOLERANCES["float32"]
+    if os.environ.get("SHG_FAST_CPU_BASELINE") != "1" and _cpu_has_avx2_fma():
+        assert not torch.equal(baseline, default)
+
+
+def _cpu_has_avx2_fma() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return platform.machine() == "x86_64" and "avx2" in flags and "fma" in flags
