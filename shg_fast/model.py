@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import operator
 import warnings
 import weakref
 
@@ -26,45 +27,66 @@ __all__ = ["StackedHourglass", "state_key"]
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-# Bumped whenever any module gets a submodule (assignment, add_module, ModuleList edits), so a
-# cached list of a model's modules is re-read after its structure changes.
+# Bumped whenever any module registers a submodule, parameter or buffer (attribute assignment,
+# add_module, register_buffer, ModuleList edits), so a cached list of a model's tensors is re-read
+# after its structure changes.
 _structure_generation = 0
-_module_lists: "weakref.WeakKeyDictionary[nn.Module, tuple[int, list[nn.Module]]]" = weakref.WeakKeyDictionary()
+_tracked: "weakref.WeakKeyDictionary[nn.Module, _Tracked]" = weakref.WeakKeyDictionary()
+_VERSION = operator.attrgetter("_version")
+_DATA_PTR = operator.methodcaller("data_ptr")
 
 
-def _on_module_registration(module, name, submodule):
+def _on_registration(module, name, value):
     global _structure_generation
     _structure_generation += 1
 
 
-torch.nn.modules.module.register_module_module_registration_hook(_on_module_registration)
+torch.nn.modules.module.register_module_module_registration_hook(_on_registration)
+torch.nn.modules.module.register_module_parameter_registration_hook(_on_registration)
+torch.nn.modules.module.register_module_buffer_registration_hook(_on_registration)
+
+
+class _Tracked:
+    """A module tree flattened once per structure generation: its modules and tensors."""
+
+    def __init__(self, module: nn.Module):
+        self.generation = _structure_generation
+        self.modules = list(module.modules())
+        self.tensors = [t for mod in self.modules for t in itertools.chain(mod._parameters.values(),
+                                                                           mod._buffers.values()) if t is not None]
+        self.ids = tuple(map(id, self.tensors))
+
+
+def _tracked_of(module: nn.Module) -> _Tracked:
+    tracked = _tracked.get(module)
+    if tracked is None or tracked.generation != _structure_generation:
+        tracked = _tracked[module] = _Tracked(module)
+    return tracked
 
 
 def _modules_of(module: nn.Module) -> list[nn.Module]:
-    cached = _module_lists.get(module)
-    if cached is None or cached[0] != _structure_generation:
-        cached = _module_lists[module] = (_structure_generation, list(module.modules()))
-    return cached[1]
+    return _tracked_of(module).modules
 
 
 def state_key(module: nn.Module) -> tuple | None:
     """A cheap fingerprint of ``module``'s training flag, parameters and buffers.
 
     It changes on ``train()/eval()``, on any in-place update (``load_state_dict``, an optimizer
-    step: each bumps the tensor's ``_version``), on ``.to()/.half()`` and ``.data`` assignment
-    (new storage) and on replaced parameters, buffers or submodules (new objects). ``None`` when
-    a tensor is an inference tensor (created under ``torch.inference_mode``), whose in-place
-    updates cannot be tracked.
+    step, updates through ``state_dict()`` or ``detach()``: each bumps the tensor's ``_version``),
+    on ``.to()/.half()`` and ``.data`` assignment (new storage) and on replaced parameters,
+    buffers or submodules (new objects). It does not see in-place updates through ``.data``
+    (``p.data.mul_(...)``: autograd gives ``.data`` its own version counter); after those, call
+    :meth:`StackedHourglass.invalidate_plan`, which changes the key too. ``None`` when a tensor is
+    an inference tensor (created under ``torch.inference_mode``), whose in-place updates cannot
+    be tracked.
     """
-    key: list = [module.training]
+    tracked = _tracked_of(module)
     try:
-        for mod in _modules_of(module):
-            for t in itertools.chain(mod._parameters.values(), mod._buffers.values()):
-                if t is not None:
-                    key.append((id(t), t._version, t.data_ptr()))
+        versions = tuple(map(_VERSION, tracked.tensors))
     except RuntimeError:  # inference tensors have no version counter
         return None
-    return tuple(key)
+    epoch = module.__dict__.get("_plan_epoch", 0)
+    return module.training, epoch, tracked.ids, versions, tuple(map(_DATA_PTR, tracked.tensors))
 
 
 class _PlanCache:
@@ -124,7 +146,8 @@ class StackedHourglass(reference.StackedHourglass):
         """The eval-mode :class:`~shg_fast.plan.FusedPlan` of the current weights, in ``dtype``.
 
         Built on first use and cached; rebuilt whenever :func:`state_key` changes (weights or
-        buffers updated, moved or cast; train/eval switched), so it is never stale. ``dtype``
+        buffers updated, moved or cast; train/eval switched), so it is never stale, except after
+        in-place updates through ``.data``: call :meth:`invalidate_plan` after those. ``dtype``
         defaults to the parameters' dtype. Folding is done in at least float32. Raises
         RuntimeError in training mode (BN then uses batch statistics, which cannot be folded).
         """
@@ -148,6 +171,15 @@ class StackedHourglass(reference.StackedHourglass):
                 cache.plans[param_dtype] = self._fold()
             cache.plans[dtype] = cache.plans[param_dtype].to(dtype)
         return cache.plans[dtype]
+
+    def invalidate_plan(self) -> None:
+        """Forget the fused plans (and make :func:`shg_fast.cuda_graph` callables recapture).
+
+        Only needed after in-place updates through ``.data`` (``p.data.copy_(w)``), which autograd
+        does not count; every other change of weights or buffers is detected by itself.
+        """
+        self._plan_epoch = self.__dict__.get("_plan_epoch", 0) + 1
+        self._plans = _PlanCache()
 
     def _fold(self) -> FusedPlan:
         dtype = self.conv1.weight.dtype

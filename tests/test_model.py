@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from shg_fast import StackedHourglass, cuda_graph, reference
+from shg_fast.model import state_key
 from shg_fast.plan import mkldnn_runner_reasons
 from shg_fast.testing import assert_close_to_reference
 
@@ -406,3 +407,26 @@ def test_cpu_runner_uses_winograd_for_3x3_convs_unless_disabled(monkeypatch):
     assert not fast.plan_info()["winograd_3x3"]
     assert_plan_matches(fast, ref, x)
     assert len(calls) == 2 * first_calls
+
+
+def test_updates_through_data_need_invalidate_plan():
+    """``p.data`` has its own version counter, so only invalidate_plan() shows such updates."""
+    _, fast = make_pair()
+    x = torch.rand(1, 3, 64, 64)
+    build_plan_once(fast, x)
+    key = state_key(fast)
+    fast.out[1].bias.data.add_(1.0)
+    fast.hg[0].low2.low2.low2.low2[0].bn2.running_var.data.mul_(3.0)
+    fast.invalidate_plan()
+    assert state_key(fast) != key
+    assert_plan_matches(fast, mirror_of(fast), x)
+
+
+def test_state_key_follows_registered_parameters_and_buffers():
+    _, fast = make_pair(*SMALL)
+    key = state_key(fast)
+    fast.bn1.register_buffer("extra", torch.zeros(1))
+    assert state_key(fast) != key
+    key = state_key(fast)
+    fast.bn1.weight = torch.nn.Parameter(fast.bn1.weight.detach().clone())
+    assert state_key(fast) != key
