@@ -7,7 +7,9 @@ float32 CPU runner of the fused plan uses it for the residual blocks' 3x3 convol
 (``SHG_FAST_WINOGRAD=0`` turns that off). float32 results are within about twice the rounding
 error of a direct convolution (see ``tests/ops/test_winograd.py``); float64 is exact to rounding.
 
-Inference only (no autograd), CPU only, float32 and float64.
+Inference only (no autograd), CPU only, float32 and float64. Each calling thread keeps one
+scratch buffer of at most 16 MB (more only when a single 6x6 tile of transformed input and
+output needs more) for reuse: larger maps and batches go through in chunks of tiles.
 """
 
 from __future__ import annotations

@@ -177,3 +177,11 @@ def _cpu_has_avx2_fma() -> bool:
     except OSError:
         return False
     return platform.machine() == "x86_64" and "avx2" in flags and "fma" in flags
+
+
+def test_empty_batch_and_empty_output_channels():
+    x, weight, bias = make((1, 4, 6, 5, 5), torch.float32)
+    out = winograd_conv3x3(x[:0], winograd_weight(weight), bias)
+    assert out.shape == (0, 6, 5, 5)
+    out = winograd_conv3x3(x, winograd_weight(weight[:0]), None)
+    assert out.shape == (1, 0, 5, 5)
