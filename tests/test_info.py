@@ -20,7 +20,7 @@ def test_info_reports_versions_and_backends():
     result = run_info()
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for key in ("torch ", "triton ", "nvcc ", "gpu ", "extension ", "backends for cpu tensors:"):
+    for key in ("torch ", "triton ", "nvcc ", "gpu ", "extension ", "cpu runner ", "backends for cpu tensors:"):
         assert key in out
     assert "reference  available" in out
 
@@ -31,6 +31,7 @@ def test_info_without_the_extension():
     assert "simulated: extension not built" in result.stdout
     assert "reference  available" in result.stdout
     assert "cpu        unavailable" in result.stdout
+    assert "direct 3x3 (no Winograd kernel in the extension)" in result.stdout
 
 
 def test_module_entry_point():

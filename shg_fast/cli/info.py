@@ -31,6 +31,19 @@ def _nvcc_version() -> str:
     return release[-1].strip() if release else out.strip()
 
 
+def _cpu_runner() -> str:
+    """How float32 CPU inference runs: oneDNN (and Winograd 3x3 convs) or the public ops, and why."""
+    from shg_fast import ops, plan
+
+    reasons = plan.mkldnn_runner_reasons()
+    if reasons:
+        return "public ops (" + "; ".join(reasons) + ")"
+    if plan.winograd_enabled():
+        return "oneDNN convs, 3x3 convs by Winograd F(4x4, 3x3)"
+    why = f"{plan.WINOGRAD_ENV_VAR}=0" if ops.winograd_available() else "no Winograd kernel in the extension"
+    return f"oneDNN convs, direct 3x3 ({why})"
+
+
 def info_lines() -> list[str]:
     """The report printed by ``shg-fast info``, one line per entry."""
     import torch
@@ -58,6 +71,7 @@ def info_lines() -> list[str]:
         cuda_kernels = _extension.has_kernel("upsample_add", "CUDA")
         lines.append(f"              CUDA kernels {'built' if cuda_kernels else 'not built'}")
     lines.append(f"backend env   {backends.ENV_VAR}={__import__('os').environ.get(backends.ENV_VAR, '(unset: auto)')}")
+    lines.append(f"cpu runner    {_cpu_runner()}")
     for device in ("cpu", "cuda"):
         lines.append(f"backends for {device} tensors:")
         for name, reasons in backends.backend_status(device).items():
