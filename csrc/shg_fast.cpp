@@ -3,6 +3,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/kernels.h"
+
 extern "C" {
 // `import shg_fast._C` needs a real module init; importing it runs the registrations below.
 PyObject* PyInit__C(void) {
@@ -27,4 +29,7 @@ TORCH_LIBRARY(shg_fast, m) {
   // The output is channels_last exactly when x is channels_last and not contiguous.
   m.def("winograd_weight(Tensor weight) -> Tensor");
   m.def("winograd_conv3x3(Tensor x, Tensor weight_t, Tensor? bias, bool relu) -> Tensor");
+  // "avx2+fma" or "baseline": the transforms' instruction set on this CPU (SHG_FAST_CPU_BASELINE=1 forces
+  // baseline). No tensor arguments, so one kernel for every device.
+  m.def("winograd_isa() -> str", &shg_fast::cpu::winograd_isa);
 }

@@ -2,6 +2,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <string>
 #include <tuple>
 
 namespace shg_fast::cpu {
@@ -18,6 +19,9 @@ at::Tensor residual_block(const at::Tensor& x, const at::Tensor& in_scale, const
                           const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
                           const at::Tensor& w3, const at::Tensor& b3, const c10::optional<at::Tensor>& ws,
                           const c10::optional<at::Tensor>& bs, const c10::optional<at::Tensor>& upsample);
+
+// The instruction set the Winograd transforms run with here: "avx2+fma" or "baseline".
+std::string winograd_isa();
 
 // Winograd F(4x4, 3x3) weights (C_out, C_in, 3, 3) -> (36, C_in, C_out), transformed in float64.
 at::Tensor winograd_weight(const at::Tensor& weight);

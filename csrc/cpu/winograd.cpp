@@ -290,6 +290,14 @@ char* workspace(int64_t bytes) {
 
 }  // namespace
 
+std::string winograd_isa() {
+#if SHG_WINOGRAD_AVX2
+  return use_avx2_fma() ? "avx2+fma" : "baseline";
+#else
+  return "baseline";
+#endif
+}
+
 at::Tensor winograd_weight(const at::Tensor& weight) {
   const at::Tensor g = at::empty({kAlpha, 3}, weight.options().dtype(at::kDouble));
   auto acc = g.accessor<double, 2>();

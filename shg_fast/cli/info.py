@@ -39,7 +39,7 @@ def _cpu_runner() -> str:
     if reasons:
         return "public ops (" + "; ".join(reasons) + ")"
     if plan.winograd_enabled():
-        return "oneDNN convs, 3x3 convs by Winograd F(4x4, 3x3)"
+        return f"oneDNN convs, 3x3 convs by Winograd F(4x4, 3x3) ({ops.winograd.winograd_isa()} transforms)"
     why = f"{plan.WINOGRAD_ENV_VAR}=0" if ops.winograd_available() else "no Winograd kernel in the extension"
     return f"oneDNN convs, direct 3x3 ({why})"
 

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from .. import _extension
 from ..backends import BackendUnavailableError
 
-__all__ = ["winograd_available", "winograd_weight", "winograd_conv3x3", "winograd_conv3x3_reference",
+__all__ = ["winograd_available", "winograd_isa", "winograd_weight", "winograd_conv3x3", "winograd_conv3x3_reference",
            "check_winograd_conv3x3"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -33,6 +33,14 @@ POSITIONS = 36  # 6x6 input tile
 def winograd_available() -> bool:
     """True when the extension's CPU Winograd kernels are loaded (checked once per process)."""
     return _extension.has_kernel("winograd_conv3x3", "CPU")
+
+
+def winograd_isa() -> str | None:
+    """The instruction set the transforms run with on this CPU: ``"avx2+fma"`` or ``"baseline"``.
+
+    ``SHG_FAST_CPU_BASELINE=1`` (read once per process) forces ``"baseline"``. None without the kernel.
+    """
+    return str(torch.ops.shg_fast.winograd_isa()) if winograd_available() else None
 
 
 def _require_kernel() -> None:
