@@ -260,14 +260,10 @@ void output_transform(const T* m, const T* bias, T* y, const TileGrid& g, int64_
 
 // m[:, p] = v[:, p] @ u[p] for the 36 positions: the positions are split over the threads,
 // each running its share as one single-threaded batched GEMM (small per-position GEMMs scale better
-// this way than each split over all threads); one at::bmm when there are more threads than positions.
+// this way than each split over all threads).
 void position_gemms(const at::Tensor& v, const at::Tensor& u, const at::Tensor& m) {
   const at::Tensor v_by_position = v.transpose(0, 1);  // (36, tiles, C_in) views of the tile-major buffers
-  at::Tensor m_by_position = m.transpose(0, 1);
-  if (at::get_num_threads() > kPositions) {
-    at::bmm_out(m_by_position, v_by_position, u);
-    return;
-  }
+  const at::Tensor m_by_position = m.transpose(0, 1);
   const bool inference = c10::InferenceMode::is_enabled();  // thread-local: carry it to the workers
   at::parallel_for(0, kPositions, 1, [&](int64_t begin, int64_t end) {
     c10::InferenceMode guard(inference);
@@ -299,13 +295,7 @@ std::string winograd_isa() {
 }
 
 at::Tensor winograd_weight(const at::Tensor& weight) {
-  const at::Tensor g = at::empty({kAlpha, 3}, weight.options().dtype(at::kDouble));
-  auto acc = g.accessor<double, 2>();
-  for (int64_t i = 0; i < kAlpha; ++i) {
-    for (int64_t k = 0; k < 3; ++k) {
-      acc[i][k] = kG[i][k];
-    }
-  }
+  const at::Tensor g = at::from_blob(const_cast<double*>(&kG[0][0]), {kAlpha, 3}, at::kDouble);  // read only
   // U[i][j][ci][co] = sum_kl G[i][k] w[co][ci][k][l] G[j][l], in float64.
   const at::Tensor u = at::einsum("ik,ockl,jl->ijco", {g, weight.to(at::kDouble), g});
   return u.reshape({kPositions, weight.size(1), weight.size(0)}).to(weight.scalar_type()).contiguous();
