@@ -103,6 +103,7 @@ class FusedPlan:
     def info(self) -> dict:
         """A summary of the plan: dtype, device and how many of each fused piece it runs."""
         blocks = _count_blocks(self)
+        mkldnn = self.device.type == "cpu" and self.dtype == torch.float32 and not mkldnn_runner_reasons()
         return {
             "dtype": str(self.dtype),
             "device": str(self.device),
@@ -110,10 +111,8 @@ class FusedPlan:
             "residual_blocks": blocks,
             "upsample_add_epilogues": len(self.stacks) * _hourglass_depth(self.stacks[0].hourglass),
             "merged_heads": sum(s.head_w.shape[0] > self.num_joints for s in self.stacks),
-            "runner": "mkldnn" if self.device.type == "cpu" and self.dtype == torch.float32
-            and not mkldnn_runner_reasons() else "ops",
-            "winograd_3x3": self.device.type == "cpu" and self.dtype == torch.float32
-            and not mkldnn_runner_reasons() and winograd_enabled(),
+            "runner": "mkldnn" if mkldnn else "ops",
+            "winograd_3x3": mkldnn and winograd_enabled(),
         }
 
 
