@@ -6,10 +6,12 @@
     pytest benchmarks -q --benchmark-disable             # each benchmark once, as a test (`make test`)
 
 The device is the GPU if present, else the CPU. Each benchmark warms up, times one call, and
-takes as many rounds as fill its :data:`BUDGETS` entry (within a minimum and a maximum), so the
-whole ``--benchmark-only`` run takes about four minutes on an idle 2-core CPU (the model
-benchmarks about 40 s of it; measured figures in the README); with ``--benchmark-disable`` the
-models run the quick network once (nothing is timed) and the suites take under a minute there.
+takes as many rounds as fill its :data:`BUDGETS` entry (within a minimum and a maximum). On the
+busy 2-core AMD EPYC development machine (load average 13-15, other jobs running) the whole
+``--benchmark-only`` run took 7 minutes, using 109 s of CPU time: about a minute on an idle
+2-core CPU (an estimate). With ``--benchmark-disable`` the models run the quick network once
+(nothing is timed; one float64 pass of the 8-stack model alone takes a minute there, and
+every timed run checks the 8-stack outputs): about a minute on the same busy machine.
 
 At the end a summary lists, per model variant, ms per image, images per second, the speed-up
 over the reference and over the paper's 75 ms per image, with device, dtype and batch, and every
@@ -93,7 +95,7 @@ def model_setting(config: pytest.Config) -> ModelSetting:
     if config.getoption("shg_quick"):
         why = "--shg-quick"
     elif config.getoption("benchmark_disable"):
-        why = "--benchmark-disable (run once as tests, nothing timed; the 8-stack model is tested in tests/)"
+        why = "--benchmark-disable (run once as tests, nothing timed)"
     else:
         return ModelSetting(PAPER_STACKS, PAPER_SIZE, batches, dtypes, None)
     return ModelSetting(QUICK_STACKS, QUICK_SIZE, batches, dtypes, why)
@@ -124,6 +126,7 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    model_setting(config)  # bad options are usage errors before anything runs
     config.stash[_ROWS] = []
     config.stash[_NOT_RUN] = {}
     if config.getoption("benchmark_storage") == _DEFAULT_STORAGE:
@@ -225,7 +228,7 @@ def record_model_result(config: pytest.Config, benchmark, **fields) -> None:
     float64) to its ``extra_info`` and to the summary."""
     benchmark.extra_info.update(fields, paper_ms_per_image=benchmarking.PAPER_MS_PER_IMAGE)
     if benchmark.stats is not None:
-        config.stash[_ROWS].append(benchmark.extra_info)
+        config.stash[_ROWS].append((benchmark.fullname, benchmark.extra_info))
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -257,7 +260,8 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def summary_lines(config: pytest.Config) -> list[str]:
     """The summary's lines: the model table (when anything was timed) and the reasons for what did not run."""
-    rows = config.stash.get(_ROWS, [])
+    named_rows = config.stash.get(_ROWS, [])
+    rows = [info for _, info in named_rows]
     lines = []
     if rows:
         benchmarking.add_speedups(rows)
@@ -276,6 +280,7 @@ def summary_lines(config: pytest.Config) -> list[str]:
             "(the paper: single prediction, Titan X, Torch7)",
             "",
             *benchmarking.format_table({"results": rows, "errors": []}).splitlines(),
+            *_comparison_lines(config, named_rows),
         ]
     elif config.getoption("benchmark_disable", False):
         lines.append("benchmarks disabled: each ran once as a test, nothing was timed")
@@ -285,6 +290,23 @@ def summary_lines(config: pytest.Config) -> list[str]:
         for reason, names in not_run.items():
             files = sorted({name.split("::")[0].split("/")[-1] for name in names})
             lines.append(f"  - {reason} [{len(names)}: {', '.join(files)}]")
+    return lines
+
+
+def _comparison_lines(config: pytest.Config, named_rows: list[tuple[str, dict]]) -> list[str]:
+    """With ``--benchmark-compare``: each model row's ms/image against the stored run's."""
+    session = getattr(config, "_benchmarksession", None)  # pytest-benchmark's session: what it compared with
+    lines = []
+    for path, stored in getattr(session, "compared_mapping", {}).items():
+        lines += ["", f"against the stored run {path} (now / stored; above 1: slower now):"]
+        for fullname, info in named_rows:
+            old = stored.get(fullname)
+            if old is None:
+                lines.append(f"  {info['variant']} batch {info['batch']} {info['dtype']}: not in the stored run")
+                continue
+            old_ms = old["stats"]["median"] * 1e3 / old["extra_info"]["images_per_call"]
+            lines.append(f"  {info['variant']} batch {info['batch']} {info['dtype']}: {info['ms_per_image']:.2f} "
+                         f"vs {old_ms:.2f} ms/image = {info['ms_per_image'] / old_ms:.2f}")
     return lines
 
 

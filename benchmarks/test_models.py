@@ -4,9 +4,10 @@ Default on every device: 8 stacks at 256x256 (the paper's setting); batch 1 on a
 batch 1 and 32 on a GPU (fp32, TF32, bf16). ``--shg-quick`` runs 1 stack at 64x64 instead
 (``--benchmark-disable`` does too: nothing is timed there). Each benchmark is timed within its
 budget (``BUDGETS`` in conftest.py: about 5 s of calls per variant on a CPU, 2 s on a GPU) and
-checks the variant's output against the float64 reference; on a CPU the model benchmarks take
-about 40 s on an idle 2-core machine. The end-of-run summary compares the variants with the
-reference and with the paper's 75 ms per image.
+checks the variant's output against the float64 reference. On a CPU the reference takes 0.55 s
+per image on an idle 2-core AMD EPYC (benchmarks/results/cpu-2vcpu.md), so about 10 rounds fill
+its budget; on a busy machine, 3 (the minimum). The end-of-run summary compares the variants
+with the reference and with the paper's 75 ms per image.
 
 A new variant (another runtime, another compiler) is one :class:`ModelVariant` entry in
 :data:`MODEL_VARIANTS`: how to build it, and why it cannot run on a device (a missing package,
