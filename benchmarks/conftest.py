@@ -7,9 +7,9 @@
 
 The device is the GPU if present, else the CPU. Each benchmark warms up, times one call, and
 takes as many rounds as fill its :data:`BUDGETS` entry (within a minimum and a maximum). On the
-busy 2-core AMD EPYC development machine (load average 13-15, other jobs running) the whole
-``--benchmark-only`` run took 7 minutes, using 109 s of CPU time: about a minute on an idle
-2-core CPU (an estimate). With ``--benchmark-disable`` the models run the quick network once
+busy 2-core AMD EPYC development machine (load average 10-15, other jobs running) the whole
+``--benchmark-only`` run took 6 to 7 minutes (two runs), using about 108 s of CPU time: about a
+minute on an idle 2-core CPU (an estimate, not measured). With ``--benchmark-disable`` the models run the quick network once
 (nothing is timed; one float64 pass of the 8-stack model alone takes a minute there, and
 every timed run checks the 8-stack outputs): about a minute on the same busy machine.
 
@@ -36,7 +36,8 @@ from shg_fast import benchmarking
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
 #: Where ``--benchmark-save`` writes and ``--benchmark-compare`` reads (pytest-benchmark's format).
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SUITE_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = SUITE_DIR / "results"
 _DEFAULT_STORAGE = "file://./.benchmarks"
 #: The paper's setting, the default of the model benchmarks on every device.
 PAPER_STACKS, PAPER_SIZE = 8, 256
@@ -148,8 +149,9 @@ def pytest_collection_modifyitems(config, items):
     """Benchmarks whose ``skipif`` is already true at collection are deselected, their reason recorded."""
     kept, dropped = [], []
     for item in items:
+        in_suite = item.path.is_relative_to(SUITE_DIR)
         reasons = [mark.kwargs.get("reason", "skipped") for mark in item.iter_markers("skipif")
-                   if mark.args and mark.args[0] is True]
+                   if in_suite and mark.args and mark.args[0] is True]
         if reasons:
             not_run_here(config, reasons[0], item.nodeid)
             dropped.append(item)
@@ -249,7 +251,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 def pytest_terminal_summary(terminalreporter, config):
     """The model speeds against the reference and the paper, then why anything did not run here."""
     for report in terminalreporter.stats.get("skipped", []):  # skipped while running: a call a backend cannot run
-        if isinstance(report.longrepr, tuple):
+        if isinstance(report.longrepr, tuple) and (config.rootpath / report.fspath).is_relative_to(SUITE_DIR):
             not_run_here(config, report.longrepr[2].removeprefix("Skipped: "), report.nodeid)
     lines = summary_lines(config)
     if lines:

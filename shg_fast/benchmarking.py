@@ -480,13 +480,18 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _small(value: float | None, spec: str, suffix: str = "") -> str:
+    """``spec``, or two significant digits below 0.1 (a slow machine's 0.003x would print as 0.00x)."""
+    return _fmt(value, ".2g" if value is not None and 0 < value < 0.1 else spec, suffix)
+
+
 def format_table(report: dict) -> str:
     """The results as a Markdown table, one row per (dtype, batch, variant), then any errors."""
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     for r in report["results"]:
         cells = (r["dtype"], str(r["batch"]), r["variant"], _fmt(r["ms_per_image"], ".2f"),
-                 _fmt(r["images_per_s"], ".1f"), _fmt(r["gflop_per_s"], ".0f"),
-                 _fmt(r["speedup_vs_reference"], ".2f", "x"), _fmt(r["speedup_vs_paper"], ".2f", "x"),
+                 _small(r["images_per_s"], ".1f"), _fmt(r["gflop_per_s"], ".0f"),
+                 _small(r["speedup_vs_reference"], ".2f", "x"), _small(r["speedup_vs_paper"], ".2f", "x"),
                  f"{r['max_rel_error']:.1e}", f"{r['tolerance']:.1e}", "yes" if r["agrees"] else "NO")
         lines.append("| " + " | ".join(cells) + " |")
     for e in report["errors"]:
