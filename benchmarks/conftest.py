@@ -9,9 +9,10 @@ The device is the GPU if present, else the CPU. Each benchmark warms up, times o
 takes as many rounds as fill its :data:`BUDGETS` entry (within a minimum and a maximum). On the
 busy 2-core AMD EPYC development machine (load average 10-15, other jobs running) the whole
 ``--benchmark-only`` run took 6 to 7 minutes (two runs), using about 108 s of CPU time: about a
-minute on an idle 2-core CPU (an estimate, not measured). With ``--benchmark-disable`` the models run the quick network once
-(nothing is timed; one float64 pass of the 8-stack model alone takes a minute there, and
-every timed run checks the 8-stack outputs): about a minute on the same busy machine.
+minute on an idle 2-core CPU (an estimate, not measured). With ``--benchmark-disable`` the
+models run the quick network once (nothing is timed; one float64 pass of the 8-stack model
+alone takes a minute there, and every timed run checks the 8-stack outputs): about a minute on
+the same busy machine.
 
 At the end a summary lists, per model variant, ms per image, images per second, the speed-up
 over the reference and over the paper's 75 ms per image, with device, dtype and batch, and every
@@ -274,7 +275,8 @@ def summary_lines(config: pytest.Config) -> list[str]:
             f"model: {setting.stacks} stack(s), {setting.size}x{setting.size} input"
             + (" (the paper's setting)" if setting.why_not_paper is None else
                f" ({setting.why_not_paper}: not the paper's 8 stacks at 256x256, so 'vs paper' is not like for like)"),
-            f"device: {DEVICE}, {env.get('device_name')}; {env.get('cpu_threads')} CPU threads; torch {env.get('torch')}"
+            f"device: {DEVICE}, {env.get('device_name')}; {env.get('cpu_threads')} CPU threads; "
+            f"torch {env.get('torch')}"
             + ("" if load is None else f"; load average {load:.1f} at the start (other work slows every row)"),
             f"timing: median of {_span(r['runs'] for r in rows)} rounds per row after "
             f"{BUDGETS[DEVICE, 'model'].warmup} warm-up call(s); vs reference = reference ms/image / ms/image "
