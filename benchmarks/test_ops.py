@@ -1,8 +1,9 @@
 """Per-op benchmarks: each fused op on each backend at the network's real shapes.
 
 256 channels at 64², 32², 16², 8², 4² (the hourglass levels; batch 32 on a GPU, 1 on a CPU) and
-heatmap decoding at (N, 16, 64, 64). Backends that cannot run a call are skipped with the
-reason; the Triton interpreter is not timed. Each benchmark checks its result against the
+heatmap decoding at (N, 16, 64, 64). A backend that cannot run on this device is left out
+before anything runs, one that cannot run a particular call is skipped; the summary gives each
+reason once. The Triton interpreter is not timed. Each benchmark checks its result against the
 op's reference twin run in float64.
 """
 
@@ -11,7 +12,7 @@ import torch
 
 from conftest import DEVICE, ON_GPU
 from shg_fast import BackendUnavailableError
-from shg_fast.backends import BACKENDS, triton_interpreter
+from shg_fast.backends import BACKENDS, backend_status, triton_interpreter
 from shg_fast.benchmarking import DTYPES
 from shg_fast.testing import randomize_batchnorm
 from shg_fast.fusion import FoldedResidual
@@ -67,16 +68,27 @@ def _as_tuple(out):
     return out if isinstance(out, tuple) else (out,)
 
 
+def _backend_params():
+    """Every backend, those that cannot run on this device marked to be left out, with why."""
+    status = backend_status(DEVICE)
+    params = []
+    for name in BACKENDS:
+        why = status[name][:1]  # the first reason is the device's; later ones name the op asked about
+        if name == "triton" and not why and triton_interpreter():
+            why = ["TRITON_INTERPRET=1: the Triton interpreter is not timed"]
+        params.append(pytest.param(name, marks=pytest.mark.skipif(bool(why), reason=f"{name} backend: "
+                                                                                     + "; ".join(why))))
+    return params
+
+
 CASES = [(op, size) for op in ("upsample_add", "conv1x1_bn_relu", "conv3x3_relu", "residual_block")
          for size in SIZES] + [("decode_heatmaps", 64)]
 
 
 @pytest.mark.parametrize("dtype_name", OP_DTYPES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", _backend_params())
 @pytest.mark.parametrize("op, size", CASES)
 def test_op(op, size, backend, dtype_name, timed, benchmark):
-    if backend == "triton" and triton_interpreter():
-        pytest.skip("TRITON_INTERPRET=1: the Triton interpreter is not timed")
     dtype = DTYPES[dtype_name][0]
     fn, args, kwargs, flops = _case(op, size)
     args = tuple(_cast(a, dtype) for a in args)

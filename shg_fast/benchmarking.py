@@ -39,6 +39,8 @@ __all__ = [
     "default_config",
     "conv_macs",
     "environment",
+    "machine_info",
+    "cpu_flags",
     "gpu_telemetry",
     "precision",
     "time_calls",
@@ -47,6 +49,7 @@ __all__ = [
     "example_input",
     "ground_truth",
     "run_benchmark",
+    "add_speedups",
     "format_table",
     "format_markdown",
     "plot_report",
@@ -186,15 +189,26 @@ def _distribution_version(name: str) -> str | None:
         return None
 
 
-def _cpu_name() -> str:
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name : value`` of /proc/cpuinfo (Linux), or None."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def _cpu_name() -> str:
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags (``avx2``, ``fma``, ``avx512f``...) from /proc/cpuinfo; empty elsewhere."""
+    return sorted((_cpuinfo_field("flags") or "").split())
 
 
 def gpu_telemetry(index: int = 0) -> dict:
@@ -262,6 +276,26 @@ def environment(device: str) -> dict:
     else:
         env["device_name"] = env["cpu"]
     return env
+
+
+#: Telemetry that describes the GPU rather than the moment (clocks in use, power, temperature vary).
+_STABLE_GPU_KEYS = ("driver", "max_sm_clock_mhz", "max_mem_clock_mhz", "power_limit_w", "nvml")
+
+
+def machine_info(device: str) -> dict:
+    """What a benchmark ran on, for results kept and compared later: nothing that varies run to run.
+
+    CPU model, feature flags and threads, versions, and on a GPU its name, capability, memory,
+    cuDNN, and from nvidia-ml-py the driver, the maximum SM/memory clocks and the power limit
+    (the clocks in use, power and temperature of a moment are :func:`gpu_telemetry`'s).
+    """
+    env = environment(device)
+    info = {key: env[key] for key in ("device", "device_name", "cpu", "cpu_threads", "torch", "triton", "cuda",
+                                      "capability", "gpu_memory_gib", "cudnn") if key in env}
+    info["cpu_flags"] = cpu_flags()
+    if "gpu" in env:
+        info["gpu"] = {key: env["gpu"][key] for key in _STABLE_GPU_KEYS if key in env["gpu"]}
+    return info
 
 
 @contextlib.contextmanager
@@ -412,7 +446,7 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
                             if device.type == "cuda":
                                 torch.cuda.empty_cache()
                         bar.update()
-    _add_speedups(results)
+    add_speedups(results)
     if config.device == "cuda":
         env["gpu_after_run"] = gpu_telemetry(torch.cuda.current_device())
     return {
@@ -428,7 +462,9 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
     }
 
 
-def _add_speedups(results: list[dict]) -> None:
+def add_speedups(results: list[dict]) -> None:
+    """Set each row's ``speedup_vs_reference`` (reference ms/image of its dtype and batch over its
+    own; None without a reference row) and ``speedup_vs_paper`` (75 ms over its ms/image)."""
     reference_ms = {(r["dtype"], r["batch"]): r["ms_per_image"] for r in results if r["variant"] == "reference"}
     for r in results:
         base = reference_ms.get((r["dtype"], r["batch"]))
@@ -444,13 +480,18 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
 
+def _small(value: float | None, spec: str, suffix: str = "") -> str:
+    """``spec``, or two significant digits below 0.1 (a slow machine's 0.003x would print as 0.00x)."""
+    return _fmt(value, ".2g" if value is not None and 0 < value < 0.1 else spec, suffix)
+
+
 def format_table(report: dict) -> str:
     """The results as a Markdown table, one row per (dtype, batch, variant), then any errors."""
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     for r in report["results"]:
         cells = (r["dtype"], str(r["batch"]), r["variant"], _fmt(r["ms_per_image"], ".2f"),
-                 _fmt(r["images_per_s"], ".1f"), _fmt(r["gflop_per_s"], ".0f"),
-                 _fmt(r["speedup_vs_reference"], ".2f", "x"), _fmt(r["speedup_vs_paper"], ".2f", "x"),
+                 _small(r["images_per_s"], ".1f"), _fmt(r["gflop_per_s"], ".0f"),
+                 _small(r["speedup_vs_reference"], ".2f", "x"), _small(r["speedup_vs_paper"], ".2f", "x"),
                  f"{r['max_rel_error']:.1e}", f"{r['tolerance']:.1e}", "yes" if r["agrees"] else "NO")
         lines.append("| " + " | ".join(cells) + " |")
     for e in report["errors"]:
