@@ -46,7 +46,7 @@ _RUN_OPTIONS = {"stacks": "num_stacks", "features": "num_features", "modules": "
                 "val_size": "val_size", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "amp": "amp",
                 "model": "model_kind", "epochs": "epochs", "max_steps": "max_steps"}
 _MODEL_OPTIONS = ("stacks", "features", "modules", "stem")
-_FREE_ON_RESUME = ("model", "epochs", "max_steps")
+_FREE_ON_RESUME = ("model", "epochs", "max_steps", "train_size", "val_size")  # a later phase may change these
 
 
 class _Given(argparse.Action):
@@ -94,7 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--out", default="runs/train", help="folder for checkpoints and history.json")
     g.add_argument("--resume", metavar="RUN/last.pt",
                    help="continue that run where it stopped: weights, optimizer, epoch, step and history, and its "
-                        "options (giving one with another value is an error; --epochs and --max-steps may change)")
+                        "options (giving one with another value is an error; --model, --epochs, --max-steps, --train-size "
+                        "and --val-size may change)")
     g.add_argument("--init", metavar="CKPT",
                    help="start from these weights (any checkpoint 'shg-fast convert' reads); model options come "
                         "from it, the optimizer and step count start afresh")

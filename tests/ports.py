@@ -115,11 +115,14 @@ class PrincetonPoseNet(nn.Module):
     Sequential(Residual(inp_dim, inp_dim), Conv(inp_dim, inp_dim, 1, bn=True, relu=True))``;
     ``outs[i] = Conv(inp_dim, oup_dim, 1, relu=False, bn=False)``; ``merge_features[i] =
     Merge(inp_dim, inp_dim)`` and ``merge_preds[i] = Merge(oup_dim, inp_dim)`` for i < nstack - 1.
-    forward: ``x = imgs.permute(0, 3, 1, 2)`` (NHWC input; some stored versions comment this line
-    out and take NCHW: ``nhwc=False`` here), then per stack ``preds = outs[i](features[i](hgs[i](x)))``
+    forward: ``x = imgs.permute(0, 3, 1, 2)`` (NHWC input, as at commit 9844d5c; later stored
+    versions, of forks folded into the same history, comment it out and take NCHW: ``nhwc=False``
+    here), then per stack ``preds = outs[i](features[i](hgs[i](x)))``
     and ``x = x + merge_preds[i](preds) + merge_features[i](feature)``; returns
     ``torch.stack(preds, 1)`` of shape (N, nstack, oup_dim, H/4, W/4). (It also owns a
-    parameter-free HeatmapLoss module, left out here.)
+    parameter-free HeatmapLoss module, left out here.) task/pose.py trains it as
+    ``Trainer(DataParallel(PoseNet(nstack=8, inp_dim=256, oup_dim=16, increase=0)))``, whose
+    ``.model.module.`` is the prefix of every key in its checkpoints' ``state_dict``.
     """
 
     def __init__(self, nstack, inp_dim, oup_dim, bn=False, increase=0, nhwc=True):
