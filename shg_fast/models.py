@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MODEL_KINDS", "DEFAULT_CONFIG", "SHIPPED_CHECKPOINT", "model_class",
-           "build_model", "save_checkpoint", "save_checkpoint_dict", "load_checkpoint", "model_from_checkpoint", "export_checkpoint"]
+__all__ = ["MODEL_KINDS", "DEFAULT_CONFIG", "SHIPPED_CHECKPOINT", "model_class", "build_model", "save_checkpoint",
+           "save_checkpoint_dict", "load_checkpoint", "model_from_checkpoint", "export_checkpoint"]
 
 MODEL_KINDS = ("fast", "reference")
 

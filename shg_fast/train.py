@@ -78,14 +78,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--val-image-list", help="image file name per validation row")
     g.add_argument("--res", type=int, default=256, action=_Given, help="input side, a multiple of 64 (default 256)")
     g.add_argument("--sigma", default="1", action=_Given, help="target sigma in heatmap pixels, or 'torch7'")
-    g.add_argument("--train-size", type=int, default=4096, action=_Given, help="synthetic training samples per epoch")
+    g.add_argument("--train-size", type=int, default=4096, action=_Given,
+                   help="synthetic training samples per epoch")
     g.add_argument("--val-size", type=int, default=256, action=_Given, help="synthetic validation samples")
     g.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=1, action=_Given)
     g.add_argument("--batch-size", type=int, default=8, action=_Given)
     g.add_argument("--lr", type=float, default=PAPER_LR, action=_Given, help="RMSprop learning rate (paper: 2.5e-4)")
-    g.add_argument("--max-steps", type=int, default=0, action=_Given, help="stop after this many steps in total (0: no limit)")
+    g.add_argument("--max-steps", type=int, default=0, action=_Given,
+                   help="stop after this many steps in total (0: no limit)")
     g.add_argument("--amp", action=_Given, nargs=0, const=True, default=False,
                    help="mixed precision (bf16 on CPU, fp16 on CUDA)")
     g.add_argument("--seed", type=int, default=0, action=_Given)

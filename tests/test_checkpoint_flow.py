@@ -112,7 +112,8 @@ def test_resume_refuses_conflicting_options_by_name(capsys, tmp_path):
     for option, value in (("--res", 128), ("--stacks", 2), ("--lr", 0.1), ("--stem", "bearpaw")):
         code, _, err = run_cli(capsys, "train", "--resume", last, option, value, "--out", tmp_path)
         assert_one_line_error(code, err, f"{option} {value} conflicts")
-    code, _, err = run_cli(capsys, "train", "--resume", last, "--res", 64, "--max-steps", 2, "--quiet", "--out", tmp_path)
+    code, _, err = run_cli(capsys, "train", "--resume", last, "--res", 64, "--max-steps", 2, "--quiet",
+                           "--out", tmp_path)
     assert code == 0, err  # the same value is no conflict
 
 
