@@ -1,8 +1,12 @@
 """Import checkpoints of the popular PyTorch Stacked Hourglass ports into shg_fast's layout.
 
-All of these ports implement the same network as :class:`shg_fast.reference.StackedHourglass`
+All of these ports implement the network of :class:`shg_fast.reference.StackedHourglass`
 (pre-activation residuals with biased convs, depth-4 hourglasses, intermediate supervision);
-only the parameter names differ. :func:`load_state_dict` renames them, exactly:
+the parameter names differ, and bearpaw's stem (``stem="bearpaw"``, see
+:data:`shg_fast.reference.STEMS`). :func:`load_state_dict` renames them, exactly;
+:func:`convert_checkpoint` also records the model configuration (stem, input mean), giving the
+package's checkpoint format ``{"model": state_dict, "config": {...}}`` that ``predict`` and
+``train --init`` read. What each port's code does is recorded in tests/ports.py, which mirrors it.
 
 ``princeton-vl`` (github.com/princeton-vl/pytorch_stacked_hourglass)
     ``{'state_dict': ...}`` with keys prefixed ``model.module.``; stem ``pre.{0,1,3,4}``,
@@ -15,7 +19,8 @@ only the parameter names differ. :func:`load_state_dict` renames them, exactly:
     [0, 1], no mean subtraction (same as ours).
 ``bearpaw`` (github.com/bearpaw/pytorch-pose)
     ``{'state_dict': ...}`` with keys prefixed ``module.``; ``conv1, bn1, layer1.0, layer2.0,
-    layer3.0`` (projections in ``downsample.0``), ``hg.{s}.hg.{d}.{k}.{b}`` (d = 3 outermost;
+    layer3.0`` (projections in ``downsample.0``; layer2 is 128→256 and layer3 256→256, the
+    ``"bearpaw"`` stem), ``hg.{s}.hg.{d}.{k}.{b}`` (d = 3 outermost;
     k = 0 up1, 1 low1, 2 low3, 3 the innermost low2), ``res.{s}.{b}``, ``fc.{s}.{0 conv, 1 BN}``,
     ``score.{s}``, ``fc_.{s}``, ``score_.{s}``.
 ``anibali`` (github.com/anibali/pytorch-stacked-hourglass)
@@ -24,7 +29,9 @@ only the parameter names differ. :func:`load_state_dict` renames them, exactly:
     bearpaw and anibali train on RGB in [0, 1] **minus the MPII mean** :data:`MPII_RGB_MEAN`
     (no division by the standard deviation). Feed ``prepare_input(x, source)`` to match.
 ``shg_fast``
-    our own state_dict (optionally inside ``{'state_dict': ...}``), checked and passed through.
+    our own state_dict (optionally inside ``{'state_dict': ...}``), or one of our checkpoints
+    (``{"model": ..., "config": ...}``: a converted file, a training run's ``last.pt``), checked
+    and passed through.
 
 BatchNorm ``num_batches_tracked`` buffers are optional in every source (old checkpoints lack
 them); a missing one is filled with 0. Anything else missing, unexpected or of the wrong
@@ -41,11 +48,12 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .reference import StackedHourglass
+from .reference import STEMS, StackedHourglass
 
 __all__ = [
     "SOURCES",
     "MPII_RGB_MEAN",
+    "convert_checkpoint",
     "detect_source",
     "load_checkpoint",
     "load_state_dict",
@@ -193,11 +201,19 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         raise ValueError(f"cannot read checkpoint {path!r} (truncated or corrupt?): {why}") from None
 
 
+def _is_package_checkpoint(obj: Any) -> bool:
+    """Whether ``obj`` is one of shg_fast's own checkpoints: ``{"model": state_dict, "config": dict, ...}``."""
+    return isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and isinstance(obj.get("config"), Mapping)
+
+
 def _extract_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """The tensors of a state_dict, a module, or a ``{'state_dict': ...}`` training checkpoint."""
+    """The tensors of a state_dict, a module, a ``{'state_dict': ...}`` training checkpoint, or
+    one of ours (``{"model": ..., "config": ...}``)."""
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+    if _is_package_checkpoint(obj):
+        obj = obj["model"]
+    elif isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise ValueError(f"expected a state_dict (a mapping of names to tensors), got {type(obj).__name__}")
@@ -233,7 +249,21 @@ def detect_source(checkpoint: Any) -> str:
     )
 
 
-def _infer_config(state: dict[str, torch.Tensor], source: str) -> dict[str, int]:
+#: The only stem each port's code builds (ours builds both).
+_SOURCE_STEMS = {"princeton-vl": "torch7", "bearpaw": "bearpaw", "anibali": "bearpaw"}
+
+
+def _stem(state: dict[str, torch.Tensor], source: str) -> str:
+    """The stem of the network: fixed by a port's code; for ours, told by r4's output width."""
+    if source in _SOURCE_STEMS:
+        return _SOURCE_STEMS[source]
+    r4_out = state.get("r4.conv3.weight")
+    widths = {name: make(0)[0][1] for name, make in STEMS.items()}  # r4's out channels per stem
+    return next((name for name, width in widths.items() if r4_out is not None and r4_out.shape[0] == width),
+                "torch7")
+
+
+def _infer_config(state: dict[str, torch.Tensor], source: str) -> dict:
     head, stack_pattern, module_pattern = _CONFIG_KEYS[source]
     if head not in state or state[head].dim() != 4:
         raise ValueError(f"{source} checkpoint has no 4-D {head!r}, needed to size the model")
@@ -244,10 +274,11 @@ def _infer_config(state: dict[str, torch.Tensor], source: str) -> dict[str, int]
         "num_features": state[head].shape[1],
         "num_joints": state[head].shape[0],
         "num_modules": max(modules) + 1 if modules else 1,
+        "stem": _stem(state, source),
     }
 
 
-def _expected_layout(config: dict[str, int]) -> dict[str, torch.Size]:
+def _expected_layout(config: dict) -> dict[str, torch.Size]:
     """Our state_dict's keys and shapes for ``config``, without allocating any memory."""
     with torch.device("meta"):
         model = StackedHourglass(**config)
@@ -267,6 +298,9 @@ def to_source_layout(state_dict: Mapping[str, torch.Tensor], source: str) -> "Or
     """
     if source not in _LAYOUTS:
         raise ValueError(f"unknown source {source!r}; expected one of {SOURCES}")
+    stem, needed = model_config(state_dict)["stem"], _SOURCE_STEMS.get(source)
+    if needed is not None and stem != needed:
+        raise ValueError(f"the {source} network has the {needed!r} stem; this state_dict has the {stem!r} one")
     renamed = OrderedDict()
     for key, value in state_dict.items():
         target = _rename(source, key)
@@ -324,9 +358,41 @@ def load_state_dict(obj_or_path: Any, source: str = "auto") -> "OrderedDict[str,
     return converted
 
 
-def model_config(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """``num_stacks, num_features, num_joints, num_modules`` of one of OUR state_dicts."""
+def model_config(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """``num_stacks, num_features, num_joints, num_modules, stem`` of one of OUR state_dicts."""
     return _infer_config(dict(state_dict), "shg_fast")
+
+
+#: The input side the ports train and test at (their ``inp_res`` / ``input_res``).
+PORTS_INPUT_RES = 256
+
+
+def convert_checkpoint(obj_or_path: Any, source: str = "auto") -> dict:
+    """One checkpoint of any :data:`SOURCES` as shg_fast's format, ready for ``torch.save``.
+
+    Returns ``{"model": state_dict, "config": config, "source": source}`` (only tensors, strings,
+    numbers, lists and dicts, so ``torch.load(weights_only=True)`` reads it). ``config`` holds the
+    model's constructor arguments (see :func:`model_config`; ``input_mean`` is
+    :data:`MPII_RGB_MEAN` for bearpaw and anibali weights, whose training input was
+    mean-subtracted) and ``res``, the input side. Our own checkpoints keep their config (a
+    training run's options included) and drop any optimizer state. Errors as :func:`load_state_dict`.
+    """
+    if isinstance(obj_or_path, (str, os.PathLike)):
+        obj_or_path = load_checkpoint(obj_or_path)
+    if source == "auto":
+        source = detect_source(obj_or_path)
+    state_dict = load_state_dict(obj_or_path, source=source)
+    inferred = model_config(state_dict)
+    config: dict = {"res": PORTS_INPUT_RES, **inferred,
+                    "input_mean": list(MPII_RGB_MEAN) if source in ("bearpaw", "anibali") else None}
+    if source == "shg_fast" and _is_package_checkpoint(obj_or_path):
+        stored = dict(obj_or_path["config"])
+        clash = [f"{k}={stored[k]!r} (weights say {v!r})" for k, v in inferred.items()
+                 if k in stored and stored[k] != v]
+        if clash:
+            raise ValueError(f"the checkpoint's config does not match its weights: {', '.join(clash)}")
+        config = {**config, **stored, **inferred}
+    return {"model": state_dict, "config": config, "source": source}
 
 
 def prepare_input(images: torch.Tensor, source: str) -> torch.Tensor:

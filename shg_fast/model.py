@@ -119,8 +119,8 @@ class StackedHourglass(reference.StackedHourglass):
     """
 
     def __init__(self, num_stacks: int = 8, num_features: int = 256, num_joints: int = 16,
-                 num_modules: int = 1):
-        super().__init__(num_stacks, num_features, num_joints, num_modules)
+                 num_modules: int = 1, stem: str = "torch7", input_mean=None):
+        super().__init__(num_stacks, num_features, num_joints, num_modules, stem, input_mean)
         self._plans = _PlanCache()
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -131,11 +131,11 @@ class StackedHourglass(reference.StackedHourglass):
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
             with torch.autocast(device_type, enabled=False):
-                return self.fused_plan(dtype)(x.to(dtype))
+                return self.fused_plan(dtype)(self.normalize_input(x.to(dtype)))
         dtype = self.conv1.weight.dtype
         if x.dtype != dtype:
             raise TypeError(f"input dtype {x.dtype} differs from the model's parameters ({dtype})")
-        return self.fused_plan(dtype)(x)
+        return self.fused_plan(dtype)(self.normalize_input(x))
 
     def _needs_grad(self, x: torch.Tensor) -> bool:
         if not torch.is_grad_enabled():

@@ -14,13 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MODEL_KINDS", "DEFAULT_CONFIG", "SHIPPED_CHECKPOINT", "model_class",
-           "build_model", "save_checkpoint", "load_checkpoint", "model_from_checkpoint", "export_checkpoint"]
+__all__ = ["MODEL_KINDS", "DEFAULT_CONFIG", "SHIPPED_CHECKPOINT", "model_class", "build_model", "save_checkpoint",
+           "save_checkpoint_dict", "load_checkpoint", "model_from_checkpoint", "export_checkpoint"]
 
 MODEL_KINDS = ("fast", "reference")
 
-#: The paper's configuration.
-DEFAULT_CONFIG = {"num_stacks": 8, "num_features": 256, "num_joints": 16, "num_modules": 1}
+#: The paper's configuration: the model's constructor arguments (a checkpoint's ``config`` holds
+#: these, and may hold other entries such as the training options).
+DEFAULT_CONFIG = {"num_stacks": 8, "num_features": 256, "num_joints": 16, "num_modules": 1,
+                  "stem": "torch7", "input_mean": None}
 
 #: The small checkpoint shipped with the package (trained on synthetic stick figures).
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "synthetic_small.pt"
@@ -47,11 +49,20 @@ def build_model(kind: str = "fast", **cfg) -> nn.Module:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict, **extra) -> None:
     """Save ``{"model": state_dict, "config": config, **extra}`` atomically (write, then rename)."""
+    save_checkpoint_dict(path, {"model": model.state_dict(), "config": dict(config), **extra})
+
+
+def save_checkpoint_dict(path: str | os.PathLike, checkpoint: dict) -> None:
+    """``torch.save(checkpoint, path)`` atomically: to ``path.tmp`` first, then renamed over ``path``,
+    so an interrupted write never leaves a truncated checkpoint. Creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "config": dict(config), **extra}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -64,7 +75,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as exc:  # torch raises many types for a corrupt or foreign file
         raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(f"{path} is not a shg_fast checkpoint (expected keys 'model' and 'config')")
+        raise ValueError(f"{path} is not a shg_fast checkpoint (expected keys 'model' and 'config'); "
+                         f"if it comes from another port, convert it first: shg-fast convert {path} OUT.pt")
     return ckpt
 
 

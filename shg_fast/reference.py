@@ -8,15 +8,26 @@ This module is the ground truth every fused path in shg_fast is compared against
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["Residual", "Hourglass", "Lin", "StackedHourglass", "check_input"]
+__all__ = ["Residual", "Hourglass", "Lin", "StackedHourglass", "check_input", "STEMS"]
 
 #: Input height and width must be multiples of this (four 2x poolings in the hourglass
 #: below a 4x reduction in the stem).
 INPUT_MULTIPLE = 64
+
+#: The stems :class:`StackedHourglass` can build: ``(in, out)`` of ``r4`` and ``r5`` for ``f`` features
+#: (``r1`` is always Residual(64, 128), before the max-pool). ``"torch7"`` is the original code's
+#: (and princeton-vl's); ``"bearpaw"`` is bearpaw/pytorch-pose's (and anibali's), whose ``layer2``
+#: is Bottleneck(128 -> 256, mid 128, projection) and ``layer3`` Bottleneck(256 -> 2 * 128, mid 128).
+STEMS = {
+    "torch7": lambda f: ((128, 128), (128, f)),
+    "bearpaw": lambda f: ((128, 256), (256, f)),
+}
 
 
 class Residual(nn.Module):
@@ -120,6 +131,18 @@ def check_input(x: torch.Tensor, in_channels: int = 3, parameter: torch.Tensor |
                         "or run under torch.autocast")
 
 
+def _check_mean(mean) -> tuple[float, float, float] | None:
+    if mean is None:
+        return None
+    try:
+        values = tuple(float(v) for v in mean)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"input_mean must be None or three finite numbers (R, G, B), got {mean!r}")
+    return values
+
+
 class StackedHourglass(nn.Module):
     """The Stacked Hourglass network (reference implementation).
 
@@ -128,6 +151,11 @@ class StackedHourglass(nn.Module):
         num_features: channels of the residual stream (256).
         num_joints: heatmap channels (16 for MPII).
         num_modules: residual modules per hourglass position (1).
+        stem: ``"torch7"`` (the original: Residual(64,128) → maxpool → Residual(128,128) →
+            Residual(128,f)) or ``"bearpaw"`` (bearpaw/pytorch-pose and anibali:
+            Residual(64,128) → maxpool → Residual(128,256) → Residual(256,f)); see :data:`STEMS`.
+        input_mean: ``None``, or an RGB mean that ``forward`` subtracts from its input first
+            (weights trained on mean-subtracted images, as bearpaw's and anibali's).
 
     ``forward(x)`` takes ``(N, 3, H, W)`` with H and W multiples of 64 (RGB in [0, 1]) and
     returns a list of ``num_stacks`` heatmap tensors of shape ``(N, num_joints, H/4, W/4)``;
@@ -135,22 +163,27 @@ class StackedHourglass(nn.Module):
     """
 
     def __init__(self, num_stacks: int = 8, num_features: int = 256, num_joints: int = 16,
-                 num_modules: int = 1):
+                 num_modules: int = 1, stem: str = "torch7", input_mean=None):
         super().__init__()
         for name, value in (("num_stacks", num_stacks), ("num_features", num_features),
                             ("num_joints", num_joints), ("num_modules", num_modules)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {sorted(STEMS)}, got {stem!r}")
         self.num_stacks = num_stacks
         self.num_features = num_features
         self.num_joints = num_joints
         self.num_modules = num_modules
+        self.stem_kind = stem
+        self.input_mean = _check_mean(input_mean)
         f = num_features
+        r4, r5 = STEMS[stem](f)
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)
         self.bn1 = nn.BatchNorm2d(64)
         self.r1 = Residual(64, 128)
-        self.r4 = Residual(128, 128)
-        self.r5 = Residual(128, f)
+        self.r4 = Residual(*r4)
+        self.r5 = Residual(*r5)
         self.hg = nn.ModuleList([Hourglass(4, f, num_modules) for _ in range(num_stacks)])
         self.res = nn.ModuleList([_residuals(f, num_modules) for _ in range(num_stacks)])
         self.lin = nn.ModuleList([Lin(f, f) for _ in range(num_stacks)])
@@ -158,15 +191,28 @@ class StackedHourglass(nn.Module):
         self.merge_features = nn.ModuleList([nn.Conv2d(f, f, 1) for _ in range(num_stacks - 1)])
         self.merge_preds = nn.ModuleList([nn.Conv2d(num_joints, f, 1) for _ in range(num_stacks - 1)])
 
+    @property
+    def config(self) -> dict:
+        """The constructor arguments: ``type(model)(**model.config)`` builds the same network."""
+        return {"num_stacks": self.num_stacks, "num_features": self.num_features, "num_joints": self.num_joints,
+                "num_modules": self.num_modules, "stem": self.stem_kind,
+                "input_mean": None if self.input_mean is None else list(self.input_mean)}
+
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` minus :attr:`input_mean` per channel (``x`` itself when there is none)."""
+        if self.input_mean is None:
+            return x
+        return x - torch.tensor(self.input_mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+
     def stem(self, x: torch.Tensor) -> torch.Tensor:
-        """conv7x7/2 → BN → ReLU → Residual(64,128) → maxpool → Residual(128,128) → Residual(128,f)."""
+        """conv7x7/2 → BN → ReLU → r1 → maxpool → r4 → r5 (channels as :data:`STEMS` says)."""
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.max_pool2d(self.r1(x), 2, 2)
         return self.r5(self.r4(x))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_input(x, parameter=self.conv1.weight)
-        inter = self.stem(x)
+        inter = self.stem(self.normalize_input(x))
         outputs = []
         for s in range(self.num_stacks):
             ll = self.lin[s](self.res[s](self.hg[s](inter)))

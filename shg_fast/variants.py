@@ -35,8 +35,7 @@ def compile_mode(device: torch.device) -> str | None:
 
 
 def _fast_model(reference: nn.Module, example: torch.Tensor) -> nn.Module:
-    model = FastStackedHourglass(num_stacks=reference.num_stacks, num_features=reference.num_features,
-                num_joints=reference.num_joints, num_modules=reference.num_modules)
+    model = FastStackedHourglass(**reference.config)
     model.load_state_dict(reference.state_dict())
     return model.to(device=example.device, dtype=example.dtype).eval()
 

@@ -6,15 +6,15 @@ from shg_fast.cli import main
 from shg_fast.reference import StackedHourglass
 from shg_fast.testing import assert_close_to_reference
 from .helpers import randomize_bn
-from .ports import BearpawHourglassNet, PrincetonPoseNet
+from .ports import BearpawHourglassNet, PrincetonPoseNet, anibali_hg
 
 TINY = dict(num_stacks=2, num_features=16, num_joints=3)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _ours(num_modules=1):
-    return randomize_bn(StackedHourglass(**TINY, num_modules=num_modules)).eval()
+def _ours(num_modules=1, stem="torch7"):
+    return randomize_bn(StackedHourglass(**TINY, num_modules=num_modules, stem=stem)).eval()
 
 
 def _load_ours(state_dict):
@@ -23,19 +23,29 @@ def _load_ours(state_dict):
     return model
 
 
+def _from_checkpoint(checkpoint):
+    """Our model built and loaded strictly from a converted checkpoint (as ``predict`` does)."""
+    config = {k: v for k, v in checkpoint["config"].items() if k != "res"}
+    model = StackedHourglass(**config).eval()
+    model.load_state_dict(checkpoint["model"], strict=True)
+    return model
+
+
 def _assert_same_outputs(ours, theirs):
     assert len(ours) == len(theirs)
     for a, b in zip(ours, theirs):
-        assert_close_to_reference(a, b, "float32")
+        assert_close_to_reference(a, b, "port_float32")
 
 
-def test_princeton_port_computes_the_same_function():
-    port = randomize_bn(PrincetonPoseNet(nstack=2, f=16, joints=3)).eval()
+@pytest.mark.parametrize("nstack", [1, 2, 8])
+def test_princeton_port_computes_the_same_function(nstack):
+    port = randomize_bn(PrincetonPoseNet(nstack=nstack, inp_dim=16, oup_dim=3)).eval()
     checkpoint = {"state_dict": {f"model.module.{k}": v for k, v in port.state_dict().items()}, "epoch": 3}
     assert convert.detect_source(checkpoint) == "princeton-vl"
-    state_dict = convert.load_state_dict(checkpoint)
-    model = _load_ours(state_dict)
-    assert convert.model_config(state_dict) == dict(TINY, num_modules=1)
+    converted = convert.convert_checkpoint(checkpoint)
+    assert converted["config"] == dict(TINY, num_stacks=nstack, num_modules=1, stem="torch7", input_mean=None,
+                                       res=256)
+    model = _from_checkpoint(converted)
     x = torch.rand(2, 64, 64, 3)  # princeton-vl's forward takes NHWC
     with torch.no_grad():
         theirs = port(x)
@@ -43,29 +53,55 @@ def test_princeton_port_computes_the_same_function():
     _assert_same_outputs([ours], [theirs])
 
 
+@pytest.mark.parametrize("num_stacks, num_blocks", [(1, 2), (2, 1), (2, 3), (8, 1)])
 @pytest.mark.parametrize("wrap, expected", [(True, "bearpaw"), (False, "anibali")])
-def test_bearpaw_port_computes_the_same_function(wrap, expected):
-    port = randomize_bn(BearpawHourglassNet(num_stacks=2, num_blocks=2, num_classes=3, num_feats=8)).eval()
+def test_bearpaw_port_computes_the_same_function(num_stacks, num_blocks, wrap, expected):
+    build = BearpawHourglassNet if wrap else anibali_hg
+    port = randomize_bn(build(num_stacks=num_stacks, num_blocks=num_blocks, num_classes=3, num_feats=8)).eval()
     state = port.state_dict()
     checkpoint = {"state_dict": {f"module.{k}": v for k, v in state.items()}} if wrap else state
     assert convert.detect_source(checkpoint) == expected
-    model = _load_ours(convert.load_state_dict(checkpoint))
-    assert model.num_modules == 2
-    x = convert.prepare_input(torch.rand(1, 3, 64, 64), expected)
+    converted = convert.convert_checkpoint(checkpoint)
+    model = _from_checkpoint(converted)
+    assert (model.num_stacks, model.num_modules, model.stem_kind) == (num_stacks, num_blocks, "bearpaw")
+    assert converted["config"]["input_mean"] == list(convert.MPII_RGB_MEAN)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():  # the port runs on mean-subtracted input, as it was trained; ours subtracts it itself
+        _assert_same_outputs(model(x), port(convert.prepare_input(x, expected)))
+
+
+def test_bearpaw_hg2_at_its_real_width():
+    """bearpaw's own sizes (num_feats 128, so 256 channels; hg2 of 2 stacks): strict load, same outputs,
+    the same parameter count as the port."""
+    port = randomize_bn(BearpawHourglassNet(num_stacks=2, num_blocks=1, num_classes=16)).eval()
+    model = _from_checkpoint(convert.convert_checkpoint({"state_dict": {f"module.{k}": v
+                                                                         for k, v in port.state_dict().items()}}))
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in port.parameters())
+    assert model.r4.skip is not None and model.r5.skip is None  # layer2 projects 128->256, layer3 is identity
+    x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        _assert_same_outputs(model(x), port(x))
+        _assert_same_outputs(model(x), port(convert.prepare_input(x, "bearpaw")))
+
+
+def test_princeton_increase_is_refused_with_the_shapes():
+    port = PrincetonPoseNet(nstack=1, inp_dim=16, oup_dim=3, increase=4)
+    with pytest.raises(ValueError, match=r"wrong shapes \(\d+\): hgs.0.0.low1.conv1.conv.weight"):
+        convert.load_state_dict(port.state_dict(), source="princeton-vl")
 
 
 def test_known_key_pairs():
     state = _ours().state_dict()
-    bearpaw = convert.to_source_layout(state, "bearpaw")
+    wide = _ours(stem="bearpaw").state_dict()
+    bearpaw = convert.to_source_layout(wide, "bearpaw")
     princeton = convert.to_source_layout(state, "princeton-vl")
-    assert bearpaw["hg.1.hg.3.0.0.conv1.weight"] is state["hg.1.up1.0.conv1.weight"]
-    assert bearpaw["hg.0.hg.0.3.0.bn2.running_var"] is state["hg.0.low2.low2.low2.low2.0.bn2.running_var"]
-    assert bearpaw["hg.0.hg.2.2.0.conv3.bias"] is state["hg.0.low2.low3.0.conv3.bias"]
-    assert bearpaw["layer3.0.downsample.0.weight"] is state["r5.skip.weight"]
-    assert bearpaw["fc.1.1.running_mean"] is state["lin.1.bn.running_mean"]
-    assert bearpaw["score_.0.weight"] is state["merge_preds.0.weight"]
+    assert bearpaw["hg.1.hg.3.0.0.conv1.weight"] is wide["hg.1.up1.0.conv1.weight"]
+    assert bearpaw["hg.0.hg.0.3.0.bn2.running_var"] is wide["hg.0.low2.low2.low2.low2.0.bn2.running_var"]
+    assert bearpaw["hg.0.hg.2.2.0.conv3.bias"] is wide["hg.0.low2.low3.0.conv3.bias"]
+    assert bearpaw["layer1.0.downsample.0.weight"] is wide["r1.skip.weight"]
+    assert bearpaw["layer2.0.downsample.0.weight"] is wide["r4.skip.weight"]
+    assert bearpaw["layer3.0.downsample.0.weight"] is wide["r5.skip.weight"]  # 256 -> 16 features here
+    assert bearpaw["fc.1.1.running_mean"] is wide["lin.1.bn.running_mean"]
+    assert bearpaw["score_.0.weight"] is wide["merge_preds.0.weight"]
     assert princeton["pre.0.bn.weight"] is state["bn1.weight"]
     assert princeton["pre.1.skip_layer.conv.weight"] is state["r1.skip.weight"]
     assert princeton["hgs.0.0.low2.low2.low2.low2.conv2.conv.weight"] is state["hg.0.low2.low2.low2.low2.0.conv2.weight"]
@@ -73,9 +109,20 @@ def test_known_key_pairs():
     assert princeton["merge_features.0.conv.conv.weight"] is state["merge_features.0.weight"]
 
 
-@pytest.mark.parametrize("source, num_modules", [("princeton-vl", 1), ("bearpaw", 2), ("anibali", 1), ("shg_fast", 2)])
-def test_round_trip_loads_strictly_with_identical_outputs(source, num_modules):
-    model = _ours(num_modules)
+def test_each_port_has_its_own_stem():
+    with pytest.raises(ValueError, match="bearpaw network has the 'bearpaw' stem"):
+        convert.to_source_layout(_ours().state_dict(), "bearpaw")
+    with pytest.raises(ValueError, match="princeton-vl network has the 'torch7' stem"):
+        convert.to_source_layout(_ours(stem="bearpaw").state_dict(), "princeton-vl")
+    for stem in ("torch7", "bearpaw"):
+        assert convert.model_config(_ours(stem=stem).state_dict())["stem"] == stem
+
+
+@pytest.mark.parametrize("source, num_modules, stem", [("princeton-vl", 1, "torch7"), ("bearpaw", 2, "bearpaw"),
+                                                       ("anibali", 1, "bearpaw"), ("shg_fast", 2, "torch7"),
+                                                       ("shg_fast", 1, "bearpaw")])
+def test_round_trip_loads_strictly_with_identical_outputs(source, num_modules, stem):
+    model = _ours(num_modules, stem)
     renamed = convert.to_source_layout(model.state_dict(), source)
     back = convert.load_state_dict(renamed, source=source)
     assert list(back) == list(model.state_dict())
@@ -91,7 +138,7 @@ def test_princeton_layout_needs_one_module():
 
 
 def test_missing_unexpected_and_misshaped_keys_are_listed():
-    state = dict(convert.to_source_layout(_ours().state_dict(), "bearpaw"))
+    state = dict(convert.to_source_layout(_ours(stem="bearpaw").state_dict(), "bearpaw"))
     del state["hg.0.hg.2.1.0.conv2.weight"]
     state["hg.0.extra.weight"] = torch.zeros(1)
     state["fc.0.0.bias"] = torch.zeros(5)
@@ -143,9 +190,14 @@ def test_cli_converts_a_file(princeton_file, tmp_path, capsys):
     out = tmp_path / "ours.pt"
     assert main(["convert", str(princeton_file), str(out)]) == 0
     assert "(princeton-vl)" in capsys.readouterr().out
-    state = torch.load(out, weights_only=True)
-    assert convert.detect_source(state) == "shg_fast"
-    _load_ours(state)
+    checkpoint = torch.load(out, weights_only=True)
+    assert set(checkpoint) == {"model", "config", "source"} and checkpoint["source"] == "princeton-vl"
+    assert convert.detect_source(checkpoint) == "shg_fast"
+    _from_checkpoint(checkpoint)
+    again = tmp_path / "again.pt"  # our own format converts to itself
+    assert main(["convert", str(out), str(again)]) == 0
+    assert "(shg_fast)" in capsys.readouterr().out
+    assert torch.load(again, weights_only=True)["config"] == checkpoint["config"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])

@@ -1,4 +1,9 @@
-"""``shg-fast convert IN OUT``: a checkpoint of another port → a shg_fast state_dict file."""
+"""``shg-fast convert IN OUT``: a checkpoint of another port (or our own) → a shg_fast checkpoint.
+
+OUT is the package's checkpoint format, ``{"model": state_dict, "config": model config, "source"}``
+(see :func:`shg_fast.convert.convert_checkpoint`), which ``predict --checkpoint`` and
+``train --init`` read as they are.
+"""
 
 from __future__ import annotations
 
@@ -12,31 +17,29 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a checkpoint of another Stacked Hourglass port to shg_fast's")
     p.add_argument("input", metavar="IN", help="checkpoint file (princeton-vl, bearpaw, anibali or shg_fast)")
-    p.add_argument("output", metavar="OUT", help="where to write the shg_fast state_dict (torch.save)")
+    p.add_argument("output", metavar="OUT", help="where to write the shg_fast checkpoint (weights + model config)")
     p.add_argument("--source", default="auto", choices=("auto",) + SOURCES,
                    help="layout of IN (default: detect from its key names)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from shg_fast.convert import detect_source, load_checkpoint, load_state_dict, model_config
+    from shg_fast.convert import convert_checkpoint
+    from shg_fast.models import save_checkpoint_dict
 
     try:
-        checkpoint = load_checkpoint(args.input)
-        source = args.source if args.source != "auto" else detect_source(checkpoint)
-        state_dict = load_state_dict(checkpoint, source=source)
+        checkpoint = convert_checkpoint(args.input, source=args.source)
     except (OSError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     try:
-        torch.save(state_dict, args.output)
+        save_checkpoint_dict(args.output, checkpoint)
     except OSError as exc:
         raise CLIError(f"cannot write {args.output!r}: {exc}") from None
-    config = ", ".join(f"{k}={v}" for k, v in model_config(state_dict).items())
-    print(f"{args.input} ({source}) -> {args.output}: StackedHourglass({config}), {len(state_dict)} tensors")
-    if source in ("bearpaw", "anibali"):
-        print("note: these weights expect mean-subtracted input; use shg_fast.convert.prepare_input(x, "
-              f"{source!r})")
+    config = checkpoint["config"]
+    described = ", ".join(f"{k}={config[k]!r}" for k in ("num_stacks", "num_features", "num_joints", "num_modules",
+                                                         "stem", "input_mean"))
+    print(f"{args.input} ({checkpoint['source']}) -> {args.output}: StackedHourglass({described}), "
+          f"{len(checkpoint['model'])} tensors")
+    if config["input_mean"] is not None:
+        print("note: these weights expect mean-subtracted input; the model subtracts input_mean itself")
     return 0
-
