@@ -83,7 +83,7 @@ def conv_bn_relu_kernel(
     IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_UPSAMPLE: tl.constexpr,
     ALLOW_TF32: tl.constexpr,  # TF32 products for float32 operands (else exact); no effect on 16-bit ones
     PACK_TAPS: tl.constexpr,  # K steps over flat (tap, channel) pairs of x (no x2): for few input channels
-    SPLIT_K: tl.constexpr,  # programs along axis 2 share the K steps; > 1 writes partials to part_ptr
+    SPLIT_K: tl.constexpr,  # programs along axis 1 share the K steps; > 1 writes partials to part_ptr
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # tile sizes
 ):
     M = N * OH * OW
@@ -233,7 +233,8 @@ def conv_config(m: int, c1: int, c2: int, c_out: int, kh: int, kw: int, element_
     ``tf32``), ``sms`` multiprocessors to fill. Per dtype, sized so that ptxas reports no
     spills for sm_90a (scripts/compiled_code_report.py): 16-bit and TF32 tiles are warpgroup-MMA
     shaped (BLOCK_M 64 or 128 per 4 warps); exact float32 runs on FMA units with a smaller tile.
-    Split-K is used when the output tiles would leave SMs idle and K is long enough.
+    When the output tiles would leave SMs idle, the tiles shrink to 64 x 64 and then split-K
+    divides K (each share at least MIN_STEPS_PER_SPLIT steps).
     """
     pack = c2 == 0 and c1 < 16 and kh * kw > 1
     if element_size >= 4 and not tf32:
@@ -243,6 +244,8 @@ def conv_config(m: int, c1: int, c2: int, c_out: int, kh: int, kw: int, element_
         block_n = max(16, min(triton.next_power_of_2(c_out), 128))
         tiles_128 = triton.cdiv(m, 128) * triton.cdiv(c_out, block_n)
         block_m = 128 if tiles_128 >= sms else 64
+        if block_n == 128 and triton.cdiv(m, 64) * triton.cdiv(c_out, 128) < sms:  # more CTAs before split-K
+            block_n = 64
         warps = 8 if block_m * block_n >= 128 * 128 else 4
         stages = 4 if element_size == 2 else 3
     if pack:  # its (BLOCK_M, BLOCK_K) tap and pixel indices cost registers: small K block, 64 rows a warpgroup
