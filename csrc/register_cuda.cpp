@@ -63,14 +63,12 @@ std::tuple<at::Tensor, at::Tensor> decode_heatmaps_cuda(const at::Tensor& heatma
   if (N * K == 0) {
     return {coords, maxvals};
   }
-  at::Tensor perm;  // on the device; undefined for the identity
-  if (flipped.has_value() && !flip_perm.empty()) {
-    perm = at::tensor(std::vector<int64_t>(flip_perm.begin(), flip_perm.end()), at::kLong).to(heatmaps.device());
-  }
+  TORCH_CHECK(!flipped.has_value() || K <= SHG_MAX_FLIP_JOINTS, "decode_heatmaps: the CUDA kernel's flip test takes "
+              "at most ", SHG_MAX_FLIP_JOINTS, " joints, got ", K);
   const std::vector<int64_t> hm_strides = heatmaps.strides().vec();
   const std::vector<int64_t> fl_strides = flipped.has_value() ? flipped->strides().vec() : hm_strides;
   check_launch(shg_decode_heatmaps(heatmaps.const_data_ptr(), hm_strides.data(), optional_ptr(flipped),
-                                   fl_strides.data(), perm.defined() ? perm.const_data_ptr<int64_t>() : nullptr, N, K,
+                                   fl_strides.data(), flip_perm.empty() ? nullptr : flip_perm.data(), N, K,
                                    heatmaps.size(2), heatmaps.size(3), to_shg_dtype(heatmaps.scalar_type()),
                                    coords.mutable_data_ptr<float>(), maxvals.mutable_data_ptr<float>(),
                                    at::cuda::getCurrentCUDAStream()),

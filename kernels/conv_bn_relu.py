@@ -1,11 +1,21 @@
 """Implicit-GEMM convolution with a BN-affine + ReLU prologue and a bias/ReLU/add epilogue.
 
 The GEMM view: M = N * OH * OW output pixels, N_gemm = C_out, K = KH * KW * (C1 + C2).
-Each program computes a BLOCK_M x BLOCK_N tile of the output; the K loop walks the kernel
-taps and, per tap, the channels of ``x`` (with the prologue) and then of an optional second
-input ``x2`` (no prologue), so ``conv(cat([x, x2], dim=1))`` runs without materialising the
-concatenation. Activations are read through runtime strides (NHWC / channels_last gives
-contiguous channel loads); accumulation is in float32.
+Each program computes a BLOCK_M x BLOCK_N tile of the output over a range of K steps. The K
+loop is one loop over (tap, channel block) steps, so the software pipeline runs through the
+whole K range instead of restarting at every tap. A step reads a BLOCK_K channel block of
+``x`` (with the prologue) or, past x's blocks, of an optional second input ``x2`` (no
+prologue), so ``conv(cat([x, x2], dim=1))`` runs without materialising the concatenation.
+With ``PACK_TAPS`` (few input channels, e.g. the 7x7 stem on RGB) a step instead covers
+BLOCK_K consecutive (tap, channel) pairs, so the 147 K entries of the stem take 3 steps of 64
+rather than 49 steps of one mostly empty channel block.
+
+Programs run along axis 0 over (pixel tile, channel tile), channel tiles fastest. Split-K:
+with ``SPLIT_K`` > 1, program (.., s) sums only its share of the K steps and
+writes float32 partial sums to a workspace; ``conv_split_k_reduce_kernel`` then adds the
+partials in a fixed order (deterministic) and applies the epilogue once. Activations are read
+through runtime strides (NHWC / channels_last gives contiguous channel loads); accumulation is
+in float32.
 """
 
 import triton
@@ -13,103 +23,26 @@ import triton.language as tl
 
 
 @triton.jit
-def _accumulate_channels(
-    acc,  # (BLOCK_M, BLOCK_N) float32 accumulator
-    src_ptr,  # pointer to the activation tensor read at this tap, (N, C, H, W) by strides
-    pix_off,  # (BLOCK_M,) element offset of each output pixel's input pixel n, ih, iw in src
-    pix_ok,  # (BLOCK_M,) the input pixel exists (inside the image; not padding, not past M)
-    stride_c,  # src's channel stride
-    C,  # channels of src
-    w_ptr,  # pointer to weight[0, c_base, kh, kw] for this tap and this source
-    stride_wo,  # weight's output-channel stride
-    stride_wc,  # weight's input-channel stride
-    offs_n,  # (BLOCK_N,) output channels of this tile
-    n_ok,  # (BLOCK_N,) offs_n < C_out
-    scale_ptr,  # (C,) prologue scale (read only when HAS_SCALE)
-    shift_ptr,  # (C,) prologue shift (read only when HAS_SHIFT)
-    HAS_SCALE: tl.constexpr,  # multiply by scale[c] as the input is loaded
-    HAS_SHIFT: tl.constexpr,  # then add shift[c]
-    IN_RELU: tl.constexpr,  # then ReLU
-    ALLOW_TF32: tl.constexpr,  # float32 operands: TF32 products instead of exact ("ieee") ones
-    BLOCK_K: tl.constexpr,  # channels per step; a power of two >= 16 (tl.dot minimum)
-):
-    offs_k = tl.arange(0, BLOCK_K)
-    for c0 in range(0, C, BLOCK_K):
-        c = c0 + offs_k
-        c_ok = c < C
-        a_mask = pix_ok[:, None] & c_ok[None, :]
-        a = tl.load(src_ptr + pix_off[:, None] + c[None, :] * stride_c, mask=a_mask, other=0.0)
-        if HAS_SCALE or HAS_SHIFT or IN_RELU:
-            a = a.to(tl.float32)
-            if HAS_SCALE:
-                a = a * tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-            if HAS_SHIFT:
-                a = a + tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-            if IN_RELU:
-                a = tl.maximum(a, 0.0)
-            # Padding (and out-of-range rows/channels) must stay zero after the affine.
-            a = tl.where(a_mask, a, 0.0)
-        b = tl.load(w_ptr + offs_n[None, :] * stride_wo + c[:, None] * stride_wc,
-                    mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-        if ALLOW_TF32:
-            acc = tl.dot(a.to(b.dtype), b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a.to(b.dtype), b, acc, input_precision="ieee")
-    return acc
-
-
-@triton.jit
-def conv_bn_relu_kernel(
-    x_ptr,  # input (N, C1, H, W) by strides; the prologue applies to it
-    x2_ptr,  # optional second input (N, C2, H, W), concatenated after x along channels
-    w_ptr,  # weight (C_out, C1 + C2, KH, KW) by strides
+def _epilogue_store(
+    acc,  # (BLOCK_M, BLOCK_N) float32 GEMM sums of this tile
+    offs_m,  # (BLOCK_M,) output pixels of the tile (n, oh, ow flattened)
+    offs_n,  # (BLOCK_N,) output channels of the tile
+    M, C_out, OH, OW,  # sizes: M = N * OH * OW
     bias_ptr,  # (C_out,) bias, read when HAS_BIAS
-    scale_ptr,  # (C1,) prologue scale, read when HAS_SCALE
-    shift_ptr,  # (C1,) prologue shift, read when HAS_SHIFT
     res_ptr,  # residual (N, C_out, OH, OW) by strides, read when HAS_RESIDUAL
     up_ptr,  # half-size (N, C_out, ceil(OH/2), ceil(OW/2)) by strides, read when HAS_UPSAMPLE
     out_ptr,  # output (N, C_out, OH, OW) by strides
-    N, C1, C2, H, W, C_out, OH, OW,  # sizes
-    conv_stride, pad,  # convolution stride and zero padding (same in both axes)
-    sx_n, sx_c, sx_h, sx_w,  # strides of x
-    sx2_n, sx2_c, sx2_h, sx2_w,  # strides of x2
-    sw_o, sw_c, sw_h, sw_w,  # strides of the weight
     sr_n, sr_c, sr_h, sr_w,  # strides of the residual
     su_n, su_c, su_h, su_w,  # strides of the half-size upsample input
     so_n, so_c, so_h, so_w,  # strides of the output
-    KH: tl.constexpr, KW: tl.constexpr,  # kernel size: unrolled tap loop
-    HAS_X2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
-    IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_UPSAMPLE: tl.constexpr,
-    ALLOW_TF32: tl.constexpr,  # TF32 products for float32 operands (else exact); no effect on 16-bit ones
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # tile sizes
+    HAS_BIAS: tl.constexpr, OUT_RELU: tl.constexpr,  # + bias, then ReLU
+    HAS_RESIDUAL: tl.constexpr, HAS_UPSAMPLE: tl.constexpr,  # then + residual, then + nearest-2x upsample
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = offs_m < N * OH * OW
+    m_ok = offs_m < M
     n_ok = offs_n < C_out
     ow = offs_m % OW
     oh = (offs_m // OW) % OH
     n = offs_m // (OW * OH)
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kh in tl.static_range(KH):
-        ih = oh * conv_stride - pad + kh
-        for kw in tl.static_range(KW):
-            iw = ow * conv_stride - pad + kw
-            pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            w_tap = w_ptr + kh * sw_h + kw * sw_w
-            acc = _accumulate_channels(
-                acc, x_ptr, n * sx_n + ih * sx_h + iw * sx_w, pix_ok, sx_c, C1,
-                w_tap, sw_o, sw_c, offs_n, n_ok, scale_ptr, shift_ptr,
-                HAS_SCALE, HAS_SHIFT, IN_RELU, ALLOW_TF32, BLOCK_K)
-            if HAS_X2:
-                acc = _accumulate_channels(
-                    acc, x2_ptr, n * sx2_n + ih * sx2_h + iw * sx2_w, pix_ok, sx2_c, C2,
-                    w_tap + C1 * sw_c, sw_o, sw_c, offs_n, n_ok, scale_ptr, shift_ptr,
-                    False, False, False, ALLOW_TF32, BLOCK_K)
-
     if HAS_BIAS:
         acc = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if OUT_RELU:
@@ -125,15 +58,208 @@ def conv_bn_relu_kernel(
     tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def conv_block_sizes(m: int, c_in: int, c_out: int, element_size: int) -> dict:
-    """Tile sizes and launch options for a conv with ``m`` output pixels (a small heuristic).
+@triton.jit
+def conv_bn_relu_kernel(
+    x_ptr,  # input (N, C1, H, W) by strides; the prologue applies to it
+    x2_ptr,  # optional second input (N, C2, H, W), concatenated after x along channels
+    w_ptr,  # weight (C_out, C1 + C2, KH, KW) by strides
+    bias_ptr,  # (C_out,) bias, read when HAS_BIAS
+    scale_ptr,  # (C1,) prologue scale, read when HAS_SCALE
+    shift_ptr,  # (C1,) prologue shift, read when HAS_SHIFT
+    res_ptr,  # residual (N, C_out, OH, OW) by strides, read when HAS_RESIDUAL
+    up_ptr,  # half-size (N, C_out, ceil(OH/2), ceil(OW/2)) by strides, read when HAS_UPSAMPLE
+    out_ptr,  # output (N, C_out, OH, OW) by strides (written when SPLIT_K == 1)
+    part_ptr,  # (SPLIT_K, M, C_out) float32 partial sums, contiguous (written when SPLIT_K > 1)
+    N, C1, C2, H, W, C_out, OH, OW,  # sizes
+    conv_stride, pad,  # convolution stride and zero padding (same in both axes)
+    sx_n, sx_c, sx_h, sx_w,  # strides of x
+    sx2_n, sx2_c, sx2_h, sx2_w,  # strides of x2
+    sw_o, sw_c, sw_h, sw_w,  # strides of the weight
+    sr_n, sr_c, sr_h, sr_w,  # strides of the residual
+    su_n, su_c, su_h, su_w,  # strides of the half-size upsample input
+    so_n, so_c, so_h, so_w,  # strides of the output
+    KH: tl.constexpr, KW: tl.constexpr,  # kernel size
+    HAS_X2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_UPSAMPLE: tl.constexpr,
+    ALLOW_TF32: tl.constexpr,  # TF32 products for float32 operands (else exact); no effect on 16-bit ones
+    PACK_TAPS: tl.constexpr,  # K steps over flat (tap, channel) pairs of x (no x2): for few input channels
+    SPLIT_K: tl.constexpr,  # programs along axis 1 share the K steps; > 1 writes partials to part_ptr
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,  # tile sizes
+):
+    M = N * OH * OW
+    tiles_n = tl.cdiv(C_out, BLOCK_N)
+    pid_n = tl.program_id(0) % tiles_n  # fastest: the C_out tiles of one pixel tile run together, sharing its loads
+    pid_m = tl.program_id(0) // tiles_n
+    pid_k = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < C_out
+    ow = offs_m % OW
+    oh = (offs_m // OW) % OH
+    n = offs_m // (OW * OH)
+    ih0 = oh * conv_stride - pad
+    iw0 = ow * conv_stride - pad
+    PROLOGUE: tl.constexpr = HAS_SCALE or HAS_SHIFT or IN_RELU
 
-    BLOCK_K follows the channel count (at least 16, tl.dot's minimum), capped lower for 4-byte
-    operands to bound shared memory; BLOCK_N covers up to 128 output channels; BLOCK_M is
-    128 when there are enough pixels to fill the GPU, else 64.
+    if PACK_TAPS:
+        k_total = KH * KW * C1
+        k_steps = tl.cdiv(k_total, BLOCK_K)
+    else:
+        blocks1 = tl.cdiv(C1, BLOCK_K)
+        blocks = blocks1
+        if HAS_X2:
+            blocks = blocks1 + tl.cdiv(C2, BLOCK_K)
+        k_steps = KH * KW * blocks
+    steps_per_split = tl.cdiv(k_steps, SPLIT_K)
+    step_begin = pid_k * steps_per_split
+    step_end = tl.minimum(step_begin + steps_per_split, k_steps)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(step_begin, step_end):
+        if PACK_TAPS:
+            k = step * BLOCK_K + offs_k
+            k_ok = k < k_total
+            tap = k // C1
+            c = k - tap * C1
+            kh = tap // KW
+            kw = tap - kh * KW
+            ih = ih0[:, None] + kh[None, :]
+            iw = iw0[:, None] + kw[None, :]
+            a_mask = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + n[:, None] * sx_n + ih * sx_h + iw * sx_w + c[None, :] * sx_c, mask=a_mask,
+                        other=0.0)
+            c_ok = k_ok
+            w_k = c * sw_c + kh * sw_h + kw * sw_w
+        else:
+            tap = step // blocks
+            kb = step - tap * blocks
+            kh = tap // KW
+            kw = tap - kh * KW
+            ih = ih0 + kh
+            iw = iw0 + kw
+            pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            if HAS_X2:
+                first = kb < blocks1  # this step reads x (else x2)
+                c = tl.where(first, kb, kb - blocks1) * BLOCK_K + offs_k
+                c_ok = c < tl.where(first, C1, C2)
+                src = tl.where(first, x_ptr, x2_ptr)
+                pix_off = tl.where(first, n * sx_n + ih * sx_h + iw * sx_w, n * sx2_n + ih * sx2_h + iw * sx2_w)
+                c_stride = tl.where(first, sx_c, sx2_c)
+                w_k = (tl.where(first, 0, C1) + c) * sw_c + kh * sw_h + kw * sw_w
+            else:
+                c = kb * BLOCK_K + offs_k
+                c_ok = c < C1
+                src = x_ptr
+                pix_off = n * sx_n + ih * sx_h + iw * sx_w
+                c_stride = sx_c
+                w_k = c * sw_c + kh * sw_h + kw * sw_w
+            a_mask = pix_ok[:, None] & c_ok[None, :]
+            a = tl.load(src + pix_off[:, None] + c[None, :] * c_stride, mask=a_mask, other=0.0)
+        if PROLOGUE:
+            t = a.to(tl.float32)
+            p_ok = c_ok
+            if HAS_X2:
+                p_ok = c < tl.where(first, C1, 0)  # prologue parameters exist for x's channels only
+            if HAS_SCALE:
+                t = t * tl.load(scale_ptr + c, mask=p_ok, other=0.0).to(tl.float32)[None, :]
+            if HAS_SHIFT:
+                t = t + tl.load(shift_ptr + c, mask=p_ok, other=0.0).to(tl.float32)[None, :]
+            if IN_RELU:
+                t = tl.maximum(t, 0.0)
+            if HAS_X2:  # the second input has no prologue
+                t = tl.where(first, t, a.to(tl.float32))
+            a = tl.where(a_mask, t, 0.0)  # padding and out-of-range entries stay zero
+        b = tl.load(w_ptr + offs_n[None, :] * sw_o + w_k[:, None], mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        if ALLOW_TF32:
+            acc = tl.dot(a.to(b.dtype), b, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(a.to(b.dtype), b, acc, input_precision="ieee")
+
+    if SPLIT_K == 1:
+        _epilogue_store(acc, offs_m, offs_n, M, C_out, OH, OW, bias_ptr, res_ptr, up_ptr, out_ptr,
+                        sr_n, sr_c, sr_h, sr_w, su_n, su_c, su_h, su_w, so_n, so_c, so_h, so_w,
+                        HAS_BIAS, OUT_RELU, HAS_RESIDUAL, HAS_UPSAMPLE)
+    else:
+        p_off = pid_k * M * C_out + offs_m[:, None] * C_out + offs_n[None, :]
+        tl.store(part_ptr + p_off, acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def conv_split_k_reduce_kernel(
+    part_ptr,  # (SPLIT_K, M, C_out) float32 partial sums, contiguous
+    bias_ptr,  # (C_out,) bias, read when HAS_BIAS
+    res_ptr,  # residual (N, C_out, OH, OW) by strides, read when HAS_RESIDUAL
+    up_ptr,  # half-size (N, C_out, ceil(OH/2), ceil(OW/2)) by strides, read when HAS_UPSAMPLE
+    out_ptr,  # output (N, C_out, OH, OW) by strides
+    M, C_out, OH, OW,  # sizes: M = N * OH * OW
+    sr_n, sr_c, sr_h, sr_w,  # strides of the residual
+    su_n, su_c, su_h, su_w,  # strides of the half-size upsample input
+    so_n, so_c, so_h, so_w,  # strides of the output
+    HAS_BIAS: tl.constexpr, OUT_RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_UPSAMPLE: tl.constexpr,
+    SPLIT_K: tl.constexpr,  # partials to add, in order 0..SPLIT_K-1 (deterministic)
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  # tile sizes
+):
+    tiles_n = tl.cdiv(C_out, BLOCK_N)
+    offs_m = (tl.program_id(0) // tiles_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = (tl.program_id(0) % tiles_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_m < M)[:, None] & (offs_n < C_out)[None, :]
+    p_off = offs_m[:, None] * C_out + offs_n[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part_ptr + s * M * C_out + p_off, mask=mask, other=0.0)
+    _epilogue_store(acc, offs_m, offs_n, M, C_out, OH, OW, bias_ptr, res_ptr, up_ptr, out_ptr,
+                    sr_n, sr_c, sr_h, sr_w, su_n, su_c, su_h, su_w, so_n, so_c, so_h, so_w,
+                    HAS_BIAS, OUT_RELU, HAS_RESIDUAL, HAS_UPSAMPLE)
+
+
+#: Streaming multiprocessors of the H200/H100 SXM: the split-K target when no device is at hand.
+H200_SMS = 132
+#: Fewest K steps a split-K share gets (below this the partial-sum traffic outweighs the gain).
+MIN_STEPS_PER_SPLIT = 4
+#: Largest split-K factor (a compile-time constant of the kernels: one variant per value).
+MAX_SPLIT_K = 8
+#: Reduce-kernel tile (rows x channels).
+REDUCE_BLOCK = (64, 64)
+
+
+def conv_config(m: int, c1: int, c2: int, c_out: int, kh: int, kw: int, element_size: int, tf32: bool,
+                sms: int = H200_SMS) -> dict:
+    """Tiles, warps, pipeline depth and split-K of one conv launch (a rule, not measured on a GPU).
+
+    ``m`` output pixels (N * OH * OW), ``c1`` + ``c2`` input channels, ``c_out`` outputs, a
+    ``kh`` x ``kw`` kernel, operands of ``element_size`` bytes (4: float32, exact unless
+    ``tf32``), ``sms`` multiprocessors to fill. Per dtype, sized so that ptxas reports no
+    spills for sm_90a (scripts/compiled_code_report.py): 16-bit and TF32 tiles are warpgroup-MMA
+    shaped (BLOCK_M 64 or 128 per 4 warps); exact float32 runs on FMA units with a smaller tile.
+    When the output tiles would leave SMs idle, the tiles shrink to 64 x 64 and then split-K
+    divides K (each share at least MIN_STEPS_PER_SPLIT steps).
     """
-    block_k = max(16, min(triton.next_power_of_2(c_in), 32 if element_size >= 4 else 64))
-    block_n = max(16, min(triton.next_power_of_2(c_out), 128))
-    block_m = 128 if m >= 128 * 64 else 64
-    num_warps = 8 if block_m * block_n >= 128 * 128 else 4
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps, num_stages=3)
+    pack = c2 == 0 and c1 < 16 and kh * kw > 1
+    if element_size >= 4 and not tf32:
+        block_m, block_n, block_k, warps, stages = 64, 64, 16, 4, 3
+    else:
+        block_k = 64 if element_size == 2 else 32
+        block_n = max(16, min(triton.next_power_of_2(c_out), 128))
+        tiles_128 = triton.cdiv(m, 128) * triton.cdiv(c_out, block_n)
+        block_m = 128 if tiles_128 >= sms else 64
+        if block_n == 128 and triton.cdiv(m, 64) * triton.cdiv(c_out, 128) < sms:  # more CTAs before split-K
+            block_n = 64
+        warps = 8 if block_m * block_n >= 128 * 128 else 4
+        stages = 4 if element_size == 2 else 3
+    if pack:  # its (BLOCK_M, BLOCK_K) tap and pixel indices cost registers: small K block, 64 rows a warpgroup
+        block_k = min(block_k, 32)
+        warps = max(warps, block_m // 16)
+    else:
+        block_k = max(16, min(block_k, triton.next_power_of_2(max(c1, c2))))
+    steps = triton.cdiv(kh * kw * c1, block_k) if pack else \
+        kh * kw * (triton.cdiv(c1, block_k) + (triton.cdiv(c2, block_k) if c2 else 0))
+    tiles = triton.cdiv(m, block_m) * triton.cdiv(c_out, block_n)
+    split = 1
+    while split < MAX_SPLIT_K and tiles * split * 2 <= sms and steps >= 2 * split * MIN_STEPS_PER_SPLIT:
+        split *= 2
+    if split > 1 and split * m * c_out >= 2**31:  # partial-sum offsets are int32
+        split = 1
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, PACK_TAPS=pack, SPLIT_K=split,
+                num_warps=warps, num_stages=stages)

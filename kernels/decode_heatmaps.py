@@ -21,10 +21,14 @@ def _map_values(
     sh_h, sh_w,  # strides of heatmaps' rows and columns
     sf_h, sf_w,  # strides of flipped's rows and columns
     HAS_FLIP: tl.constexpr,  # average with the mirrored flipped map
+    FLAT: tl.constexpr,  # heatmaps' rows are contiguous and back to back (sh_w == 1, sh_h == W): offset = idx
 ):
     y = idx // W
     x = idx % W
-    v = tl.load(hm_ptr + y * sh_h + x * sh_w, mask=mask, other=float("-inf")).to(tl.float32)
+    if FLAT:  # contiguous offsets: vector loads
+        v = tl.load(hm_ptr + idx, mask=mask, other=float("-inf")).to(tl.float32)
+    else:
+        v = tl.load(hm_ptr + y * sh_h + x * sh_w, mask=mask, other=float("-inf")).to(tl.float32)
     if HAS_FLIP:
         f = tl.load(fl_ptr + y * sf_h + (W - 1 - x) * sf_w, mask=mask, other=float("-inf")).to(tl.float32)
         v = (v + f) * 0.5
@@ -48,6 +52,7 @@ def decode_heatmaps_kernel(
     sh_n, sh_k, sh_h, sh_w,  # strides of heatmaps
     sf_n, sf_k, sf_h, sf_w,  # strides of flipped
     HAS_FLIP: tl.constexpr,  # fuse the flip-test averaging
+    FLAT: tl.constexpr,  # heatmaps' maps are row-major contiguous (sh_w == 1, sh_h == W): flat offsets
     BLOCK: tl.constexpr,  # map elements scanned per step
 ):
     pid = tl.program_id(0)
@@ -66,7 +71,7 @@ def decode_heatmaps_kernel(
     for start in range(0, size, BLOCK):
         idx = start + tl.arange(0, BLOCK)
         valid = idx < size
-        v = _map_values(hm, fl, idx, valid, W, sh_h, sh_w, sf_h, sf_w, HAS_FLIP)
+        v = _map_values(hm, fl, idx, valid, W, sh_h, sh_w, sf_h, sf_w, HAS_FLIP, FLAT)
         is_nan = v != v
         first_nan = tl.min(tl.where(is_nan & valid, idx, big), axis=0)
         block_max = tl.max(tl.where(is_nan, float("-inf"), v), axis=0)
@@ -80,10 +85,10 @@ def decode_heatmaps_kernel(
     x = best_idx % W
     y = best_idx // W
     interior = (x > 0) & (x < W - 1) & (y > 0) & (y < H - 1)
-    left = _map_values(hm, fl, best_idx - 1, interior, W, sh_h, sh_w, sf_h, sf_w, HAS_FLIP)
-    right = _map_values(hm, fl, best_idx + 1, interior, W, sh_h, sh_w, sf_h, sf_w, HAS_FLIP)
-    above = _map_values(hm, fl, best_idx - W, interior, W, sh_h, sh_w, sf_h, sf_w, HAS_FLIP)
-    below = _map_values(hm, fl, best_idx + W, interior, W, sh_h, sh_w, sf_h, sf_w, HAS_FLIP)
+    left = _map_values(hm, fl, best_idx - 1, interior, W, sh_h, sh_w, sf_h, sf_w, HAS_FLIP, FLAT)
+    right = _map_values(hm, fl, best_idx + 1, interior, W, sh_h, sh_w, sf_h, sf_w, HAS_FLIP, FLAT)
+    above = _map_values(hm, fl, best_idx - W, interior, W, sh_h, sh_w, sf_h, sf_w, HAS_FLIP, FLAT)
+    below = _map_values(hm, fl, best_idx + W, interior, W, sh_h, sh_w, sf_h, sf_w, HAS_FLIP, FLAT)
     fx = x.to(tl.float32) + tl.where(interior, _quarter_step(left, right), 0.0)
     fy = y.to(tl.float32) + tl.where(interior, _quarter_step(above, below), 0.0)
     tl.store(coords_ptr + pid.to(tl.int64) * 2, fx)
@@ -92,5 +97,5 @@ def decode_heatmaps_kernel(
 
 
 def decode_block_size(h: int, w: int) -> int:
-    """Map elements scanned per step: the whole map up to 4096 (64 x 64), at least 128."""
+    """Map elements scanned per step: the whole map up to 4096 (64 x 64, one pass), at least 128."""
     return max(128, min(triton.next_power_of_2(h * w), 4096))

@@ -76,5 +76,6 @@ inline unsigned grid_for(int64_t count, int threads) {
 }
 
 constexpr int64_t kInt32Max = 2147483647;
+constexpr int kMaxFlipJoints = SHG_MAX_FLIP_JOINTS;
 
 }  // namespace shg_fast::cuda

@@ -10,6 +10,9 @@
 extern "C" {
 #endif
 
+// Most joints the flip test of shg_decode_heatmaps takes (its permutation is a kernel parameter).
+#define SHG_MAX_FLIP_JOINTS 256
+
 // Element type of the floating-point tensors passed to a launcher.
 typedef enum { SHG_FLOAT32 = 0, SHG_FLOAT64 = 1, SHG_FLOAT16 = 2, SHG_BFLOAT16 = 3 } shg_dtype;
 
@@ -23,7 +26,8 @@ cudaError_t shg_upsample_add(const void* low, const void* skip, void* out, int64
 // largest), quarter-pixel refinement when the peak is interior; writes coords (N, K, 2) and
 // maxvals (N, K), both contiguous float32. Strides are in elements, any layout. With flipped
 // (same shape, its own strides) the decoded map is (heatmaps[n, k] + flipped[n, perm[k], y,
-// W-1-x]) * 0.5 in float32; flip_perm is a device array of K int64 or NULL for the identity.
+// W-1-x]) * 0.5 in float32; flip_perm is a HOST array of K int64 (copied into the kernel's
+// parameters, at most SHG_MAX_FLIP_JOINTS entries) or NULL for the identity.
 cudaError_t shg_decode_heatmaps(const void* heatmaps, const int64_t heatmap_strides[4], const void* flipped,
                                 const int64_t flipped_strides[4], const int64_t* flip_perm, int64_t N,
                                 int64_t K, int64_t H, int64_t W, shg_dtype dtype, float* coords, float* maxvals,

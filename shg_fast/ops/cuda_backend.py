@@ -68,6 +68,9 @@ def _check_cpu(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | 
 
 def _check_cuda(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None = None) -> list[str]:
     reasons = _check_cpu(x, block, upsample)
+    if x.dtype == torch.float32:  # auto then takes triton: exact fp32 FMA tiles, or TF32 on tensor cores
+        reasons.append("residual_block cuda has no tensor-core path for float32 (its scalar loop would be "
+                       "10-100x slower than eager); float32 blocks run on the triton convs")
     if not reasons:
         need = cuda_smem_bytes(x, block)
         limit = torch.cuda.get_device_properties(x.device).shared_memory_per_block_optin

@@ -41,7 +41,8 @@ try:
     import triton
     from torch.library import triton_op, wrap_triton
 
-    from shg_fast.kernels.conv_bn_relu import conv_block_sizes, conv_bn_relu_kernel
+    from shg_fast.kernels.conv_bn_relu import (H200_SMS, REDUCE_BLOCK, conv_bn_relu_kernel, conv_config,
+                                               conv_split_k_reduce_kernel)
     from shg_fast.kernels.decode_heatmaps import decode_block_size, decode_heatmaps_kernel
     from shg_fast.kernels.upsample_add import UPSAMPLE_ADD_BLOCK, upsample_add_kernel
 except Exception as exc:  # a missing or broken Triton only makes this backend unavailable
@@ -100,6 +101,13 @@ def _allow_tf32() -> bool:
     return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
+def _sm_count(device: torch.device) -> int:
+    """Multiprocessors the split-K rule fills: the device's, or the H200's for CPU tensors (interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return H200_SMS
+
+
 def _conv_output(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
     """The uninitialised conv output, in x's memory format (channels_last if x is, else contiguous)."""
     n, _, h, w = x.shape
@@ -146,9 +154,10 @@ def _register_ops() -> None:
         else:
             perm = torch.arange(k, dtype=torch.int32, device=heatmaps.device)
         fl = flipped if has_flip else heatmaps
+        flat = heatmaps.stride(3) == 1 and heatmaps.stride(2) == w
         wrap_triton(decode_heatmaps_kernel)[(n * k,)](
             heatmaps, fl, perm, coords, maxvals, k, h, w, *heatmaps.stride(), *fl.stride(),
-            HAS_FLIP=has_flip, BLOCK=decode_block_size(h, w))
+            HAS_FLIP=has_flip, FLAT=flat, BLOCK=decode_block_size(h, w))
         return coords, maxvals
 
     @decode_heatmaps_triton.register_fake
@@ -170,19 +179,27 @@ def _register_ops() -> None:
         c_out, _, kh, kw = weight.shape
         oh, ow = out.shape[-2:]
         c2 = 0 if x2 is None else x2.shape[1]
-        cfg = conv_block_sizes(n * oh * ow, c1 + c2, c_out, x.element_size())
-        grid = (triton.cdiv(n * oh * ow, cfg["BLOCK_M"]), triton.cdiv(c_out, cfg["BLOCK_N"]))
+        m = n * oh * ow
+        cfg = conv_config(m, c1, c2, c_out, kh, kw, x.element_size(), allow_tf32, _sm_count(x.device))
+        split = cfg["SPLIT_K"]
+        grid = (triton.cdiv(c_out, cfg["BLOCK_N"]) * triton.cdiv(m, cfg["BLOCK_M"]), split)
         # Absent optional tensors are never read (their HAS_* flag is off): pass x in their place.
         x2_, bias_, scale_, shift_, res_, up_ = (x if t is None else t for t in
                                                  (x2, bias, in_scale, in_shift, residual, upsample))
+        part = torch.empty((split, m, c_out), dtype=torch.float32, device=x.device) if split > 1 else out
+        flags = dict(HAS_BIAS=bias is not None, OUT_RELU=out_relu, HAS_RESIDUAL=residual is not None,
+                     HAS_UPSAMPLE=upsample is not None)
         wrap_triton(conv_bn_relu_kernel)[grid](
-            x, x2_, weight, bias_, scale_, shift_, res_, up_, out,
+            x, x2_, weight, bias_, scale_, shift_, res_, up_, out, part,
             n, c1, c2, h, w, c_out, oh, ow, stride, padding,
             *x.stride(), *x2_.stride(), *weight.stride(), *res_.stride(), *up_.stride(), *out.stride(),
-            KH=kh, KW=kw, HAS_X2=x2 is not None, HAS_BIAS=bias is not None, HAS_SCALE=in_scale is not None,
-            HAS_SHIFT=in_shift is not None, IN_RELU=in_relu, OUT_RELU=out_relu,
-            HAS_RESIDUAL=residual is not None, HAS_UPSAMPLE=upsample is not None,
-            ALLOW_TF32=allow_tf32, **cfg)
+            KH=kh, KW=kw, HAS_X2=x2 is not None, HAS_SCALE=in_scale is not None,
+            HAS_SHIFT=in_shift is not None, IN_RELU=in_relu, ALLOW_TF32=allow_tf32, **flags, **cfg)
+        if split > 1:  # deterministic sum of the partials, then the epilogue once
+            block_m, block_n = REDUCE_BLOCK
+            wrap_triton(conv_split_k_reduce_kernel)[(triton.cdiv(c_out, block_n) * triton.cdiv(m, block_m),)](
+                part, bias_, res_, up_, out, m, c_out, oh, ow, *res_.stride(), *up_.stride(), *out.stride(),
+                **flags, SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
         return out
 
     @conv_bn_relu_triton.register_fake

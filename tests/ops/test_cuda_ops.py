@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from shg_fast import _extension
+from shg_fast.backends import BackendUnavailableError
 from shg_fast.ops import (
     decode_heatmaps,
     decode_heatmaps_reference,
@@ -14,6 +15,7 @@ from shg_fast.ops import (
     upsample_add_reference,
 )
 from shg_fast.ops.cuda_backend import prepack_for_cuda
+from shg_fast.ops.residual_block import RESIDUAL_BLOCK
 from shg_fast.testing import assert_close_to_reference
 
 from .test_residual_block_cpu import make_block, make_inputs
@@ -25,6 +27,7 @@ pytestmark = [
 ]
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+BLOCK_DTYPES = [torch.float64, torch.float16, torch.bfloat16]  # the cuda backend refuses float32 blocks
 MODE = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -84,7 +87,7 @@ def _check_block(cin, cout, n, h, w, dtype, with_upsample, channels_last):
     assert_close_to_reference(out, truth, MODE[dtype], same_dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", BLOCK_DTYPES, ids=str)
 @pytest.mark.parametrize("cin,cout,h,w", [(19, 38, 5, 7), (38, 38, 17, 33), (3, 130, 3, 5), (32, 64, 9, 20),
                                           (64, 64, 1, 1)])
 @pytest.mark.parametrize("with_upsample", [False, True])
@@ -94,7 +97,7 @@ def test_residual_block_odd_shapes(dtype, cin, cout, h, w, with_upsample, poison
 
 @pytest.mark.parametrize("size", [64, 32, 16, 8, 4])
 @pytest.mark.parametrize("batch", [1, 8, 32])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("cin,cout", [(256, 256), (128, 256)])
 def test_residual_block_network_sizes(size, batch, dtype, cin, cout, poison_empty):
     _check_block(cin, cout, batch, size, size, dtype, with_upsample=True, channels_last=True)
@@ -105,7 +108,7 @@ def test_residual_block_nchw_input(channels_last, poison_empty):
     _check_block(128, 128, 2, 16, 16, torch.bfloat16, with_upsample=False, channels_last=channels_last)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64], ids=str)
 def test_residual_block_prepacked_weights_give_identical_results(dtype):
     block = make_block(64, 128).to(device="cuda", dtype=dtype)
     x, up = make_inputs(64, 128, 9, 20, dtype=dtype)
@@ -128,3 +131,23 @@ def test_residual_block_rejects_mixed_devices():
     with pytest.raises(RuntimeError, match="must be on cuda"):
         torch.ops.shg_fast.residual_block(x.cuda(), block.in_scale, block.in_shift, block.w1, block.b1, block.w2,
                                           block.b2, block.w3, block.b3, None, None, None)
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_auto_runs_float32_blocks_on_triton_not_the_scalar_loop(tf32):
+    block = make_block(64, 64).to(device="cuda", dtype=torch.float32)
+    x, _ = make_inputs(64, 64, 8, 8, dtype=torch.float32)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        assert RESIDUAL_BLOCK.candidates(x.device, "auto", x.cuda(), block)[0] == "triton"
+        with pytest.raises(BackendUnavailableError, match="no tensor-core path for float32"):
+            residual_block(x.cuda(), block, backend="cuda")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_decode_heatmaps_flip_permutation_by_value_limit():
+    hm = torch.randn(1, 300, 4, 4, device="cuda")
+    with pytest.raises(RuntimeError, match="at most 256 joints"):
+        torch.ops.shg_fast.decode_heatmaps(hm, hm, list(range(300)))

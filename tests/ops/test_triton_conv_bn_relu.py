@@ -14,6 +14,8 @@ from shg_fast.testing import assert_close_to_reference
 
 from ..helpers import randomize_bn
 
+conv_config = pytest.importorskip("shg_fast.kernels.conv_bn_relu").conv_config
+
 # (device, mode): mode is a TOLERANCES key; "tf32" runs float32 with TF32 products allowed.
 MODES = [
     ("cpu", "float32"),
@@ -198,3 +200,43 @@ def test_checks_give_reasons():
         residual_block(x.float().requires_grad_(), block.to(torch.float32), backend="triton")
     with torch.no_grad():
         assert conv_bn_relu(x.float().requires_grad_(), weight.float(), backend="triton").shape == (1, 2, 4, 4)
+
+
+SPLIT_SHAPES = [SHAPES[2], SHAPES[3], (1, 40, 6, 5, 24, 3, 1)]
+
+
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=["x".join(map(str, s)) for s in SPLIT_SHAPES])
+def test_split_k_matches_whole_k_and_is_deterministic(shape, monkeypatch, poison_empty):
+    """Split-K (chosen here: few output tiles) against one K range per tile (forced by reporting 1 SM)."""
+    from shg_fast.ops import triton_backend
+
+    x, weight, bias, kwargs = conv_inputs(shape, FLAGS["all"], "cpu", torch.float32, channels_last=True)
+    n, c_in, h, w, c_out, k, stride = shape
+    oh, ow = out_size = ((h + 2 * (k // 2) - k) // stride + 1, (w + 2 * (k // 2) - k) // stride + 1)
+    assert conv_config(n * oh * ow, c_in, 0, c_out, k, k, 4, False)["SPLIT_K"] > 1
+    split = conv_bn_relu(x, weight, bias, backend="triton", **kwargs)
+    assert torch.equal(conv_bn_relu(x, weight, bias, backend="triton", **kwargs), split)
+    monkeypatch.setattr(triton_backend, "_sm_count", lambda device: 1)
+    assert conv_config(n * oh * ow, c_in, 0, c_out, k, k, 4, False, sms=1)["SPLIT_K"] == 1
+    whole = conv_bn_relu(x, weight, bias, backend="triton", **kwargs)
+    assert split.shape[-2:] == out_size
+    assert_matches(split, "float32", conv_bn_relu_reference, x, weight, bias, **kwargs)
+    assert_matches(whole, "float32", conv_bn_relu_reference, x, weight, bias, **kwargs)
+
+
+@pytest.mark.parametrize("element_size,tf32", [(4, False), (4, True), (2, False)], ids=["fp32", "tf32", "16bit"])
+def test_conv_config_rules(element_size, tf32):
+    """Tensor-core tiles are warpgroup-shaped; split-K only when tiles leave SMs idle; shares >= 4 steps."""
+    for m, c1, c2, c_out, k in [(64 * 4096, 256, 0, 128, 1), (16, 128, 0, 128, 3), (64, 128, 0, 128, 3),
+                                (16384, 3, 0, 64, 7), (1024, 128, 128, 256, 1)]:
+        cfg = conv_config(m, c1, c2, c_out, k, k, element_size, tf32)
+        if element_size == 2 or tf32:
+            assert cfg["BLOCK_M"] in (64, 128) and cfg["BLOCK_M"] * 16 <= 128 * cfg["num_warps"] * 16
+        tiles = -(-m // cfg["BLOCK_M"]) * -(-c_out // cfg["BLOCK_N"])
+        steps = (-(-k * k * c1 // cfg["BLOCK_K"]) if cfg["PACK_TAPS"] else
+                 k * k * (-(-c1 // cfg["BLOCK_K"]) + (-(-c2 // cfg["BLOCK_K"]) if c2 else 0)))
+        split = cfg["SPLIT_K"]
+        assert split == 1 or (tiles * split <= 132 and steps >= split * 4), (m, c1, cfg)
+        assert cfg["PACK_TAPS"] == (k > 1 and c1 < 16)
+    assert conv_config(16, 128, 0, 128, 3, 3, element_size, tf32)["SPLIT_K"] > 1  # a 4x4 map at batch 1
+    assert conv_config(64 * 4096, 256, 0, 128, 1, 1, element_size, tf32)["SPLIT_K"] == 1
