@@ -48,16 +48,7 @@ def cuda_graph(model: nn.Module, example_input: torch.Tensor, *, warmup: int = 3
         raise TypeError("decode and flip_pairs need the fast shg_fast.StackedHourglass")
     if flip_pairs is not None and not decode:
         raise ValueError("flip_pairs needs decode=True")
-    expected = (tuple(example_input.shape), example_input.dtype, example_input.device)
-
-    def check(x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
-        got = (tuple(x.shape), x.dtype, x.device)
-        if got != expected:
-            raise ValueError(f"input is {got} (shape, dtype, device); this graph was captured for {expected}")
-        if model.training:
-            raise ValueError("the model was switched to training mode; cuda_graph needs eval mode")
+    check = _input_check(model, example_input)
 
     def forward(x: torch.Tensor):
         if not fast:
@@ -72,44 +63,74 @@ def cuda_graph(model: nn.Module, example_input: torch.Tensor, *, warmup: int = 3
 
         return run_eager
 
-    static_input = example_input.detach().clone()
-    captured: dict = {}
+    return _GraphRunner(model, example_input, forward, warmup, clone_outputs, fast, check)
 
-    def capture() -> None:
+
+class _GraphRunner:
+    """The replaying callable of :func:`cuda_graph`: capture once, then check one counter and replay."""
+
+    def __init__(self, model, example_input, forward, warmup, clone_outputs, fast, check):
+        self.model, self.forward, self.warmup, self.clone_outputs = model, forward, warmup, clone_outputs
+        self.fast, self.check = fast, check
+        self.static_input = example_input.detach().clone()
+        self.capture()
+
+    def capture(self) -> None:
+        """Warm up on a side stream, capture one forward, remember what the capture depends on."""
+        static_input, forward = self.static_input, self.forward
         stream = torch.cuda.Stream(device=static_input.device)
         stream.wait_stream(torch.cuda.current_stream(static_input.device))
         with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(warmup):
+            for _ in range(self.warmup):
                 forward(static_input)
         torch.cuda.current_stream(static_input.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
             outputs = forward(static_input)
-        captured.update(graph=graph, outputs=outputs, copy=_copier(outputs, clone_outputs),
-                        key=None if fast else state_key(model), generation=model_module.state_generation(),
-                        plan=model.fused_plan() if fast else None)
+        self.captured(graph, outputs)
 
-    def stale() -> bool:
-        if not fast:
-            key = state_key(model)
-            return key is None or key != captured["key"]
-        if captured["generation"] == model_module._generation:
+    def captured(self, graph, outputs) -> None:
+        model = self.model
+        self.graph, self.copy = graph, _copier(outputs, self.clone_outputs)
+        self.key = None if self.fast else state_key(model)
+        self.generation = model_module.state_generation()
+        self.plan = model.fused_plan() if self.fast else None
+
+    def stale(self) -> bool:
+        """True when the model's plan changed since the capture (one counter read while nothing happened)."""
+        if not self.fast:
+            key = state_key(self.model)
+            return key is None or key != self.key
+        if self.generation == model_module._generation:
             return False
-        if model._refresh().training:
+        if self.model._refresh().training:
             raise ValueError("a submodule was switched to training mode; cuda_graph needs eval mode")
-        captured["generation"] = model_module._generation
-        return model.fused_plan() is not captured["plan"]
+        self.generation = model_module._generation
+        return self.model.fused_plan() is not self.plan
 
-    def replay(x: torch.Tensor):
-        check(x)
-        if stale():
-            capture()
-        static_input.copy_(x)
-        captured["graph"].replay()
-        return captured["copy"]()
+    def __call__(self, x: torch.Tensor):
+        self.check(x)
+        if self.stale():
+            self.capture()
+        self.static_input.copy_(x)
+        self.graph.replay()
+        return self.copy()
 
-    capture()
-    return replay
+
+def _input_check(model: nn.Module, example_input: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """Raise unless an input matches ``example_input`` (shape, dtype, device) and the model is in eval mode."""
+    expected = (tuple(example_input.shape), example_input.dtype, example_input.device)
+
+    def check(x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor input, got {type(x).__name__}")
+        got = (tuple(x.shape), x.dtype, x.device)
+        if got != expected:
+            raise ValueError(f"input is {got} (shape, dtype, device); this graph was captured for {expected}")
+        if model.training:
+            raise ValueError("the model was switched to training mode; cuda_graph needs eval mode")
+
+    return check
 
 
 def _copier(outputs, clone: bool) -> Callable:

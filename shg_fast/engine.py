@@ -35,7 +35,7 @@ from typing import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-from . import _extension, ops, tactics
+from . import _extension, tactics
 from .backends import AUTO_ORDER, BackendUnavailableError, requested_backend, triton_interpreter
 from .fusion import FoldedResidual
 from .ops.conv_bn_relu import CONV_BN_RELU

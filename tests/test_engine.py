@@ -232,3 +232,34 @@ def test_info_plan_lists_steps_with_tactics():
     with contextlib.redirect_stdout(out):
         assert main(["info", "--plan", "--plan-device", "cpu", "--stacks", "1", "--size", "64"]) == 0
     assert "stack0.heatmaps" in out.getvalue()
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decodes_with_the_flip_test_and_recaptures_on_load():
+    ref, fast = make_pair()
+    fast = fast.cuda()
+    x = torch.rand(2, 3, 64, 64, device="cuda")
+    run = cuda_graph(fast, x, decode=True, flip_pairs=PAIRS)
+    for model in (ref, randomize_bn(reference.StackedHourglass(1, 16, 3)).eval()):
+        fast.load_state_dict(model.state_dict())  # seen by the replay's O(1) check: recapture
+        heatmaps, coords, maxvals = run(x)
+        with torch.no_grad():
+            plain = fast(x)
+            flipped = fast(x.flip(-1))[-1]
+        torch.testing.assert_close(heatmaps[-1], plain[-1], rtol=1e-4, atol=1e-5)
+        want_coords, want_max = decode_heatmaps_reference(plain[-1], flipped, [2, 1, 0])
+        torch.testing.assert_close(coords, want_coords, rtol=0, atol=0)
+        torch.testing.assert_close(maxvals, want_max, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_program_takes_the_default_tactics():
+    _, fast = make_pair(2, 32, 5)
+    fast = fast.cuda()
+    program = fast.fused_plan().program(torch.rand(1, 3, 64, 64, device="cuda"))
+    blocks = {s.tactic.backend for s in program.steps if s.op == "residual_block"}
+    convs = {s.tactic.backend for s in program.steps if s.op == "conv"}
+    from shg_fast import _extension
+
+    assert blocks <= ({"cuda"} if _extension.has_kernel("residual_block", "CUDA") else {"triton"})
+    assert convs == {"triton"}
