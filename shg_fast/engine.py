@@ -713,6 +713,38 @@ def _cl(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
+def _dead_after(nodes: list[_Node], keep: set[int]) -> list[tuple[int, ...]]:
+    """Per step, the registers nothing reads after it (their tensors are dropped, so memory is reused)."""
+    last_use = {}
+    for i, node in enumerate(nodes):
+        for r in node.ins:
+            last_use[r] = i
+    dead: list[list[int]] = [[] for _ in nodes]
+    for r, i in last_use.items():
+        if r not in keep:
+            dead[i].append(r)
+    return [tuple(d) for d in dead]
+
+
+def _releasing(run: Callable, dead: tuple[int, ...]) -> Callable:
+    """``run``, then the step's dead registers cleared."""
+    if not dead:
+        return run
+    if len(dead) == 1:
+        (r,) = dead
+
+        def step(env):
+            run(env)
+            env[r] = None
+        return step
+
+    def step(env):
+        run(env)
+        for r in dead:
+            env[r] = None
+    return step
+
+
 def _allocate(nodes: list[_Node], specs: list[tuple], dtype: torch.dtype, device: torch.device,
               keep: set[int]) -> list[torch.Tensor | None]:
     """One buffer per engine-allocated output, reused once every reader of its previous register has run."""
@@ -789,7 +821,8 @@ def build_program(plan, batch: int, height: int, width: int, *, caps: DeviceCaps
     outputs = b.network(plan, x)
     decode_regs = b.decode(outputs[-1], batch, flip_pairs) if decode else None
     buffers = _allocate(b.nodes, b.specs, plan.dtype, caps.device, set(outputs))
-    runs = [node.make(buf) for node, buf in zip(b.nodes, buffers)]
+    keep = set(outputs) | set(decode_regs or ())
+    runs = [_releasing(node.make(buf), dead) for node, buf, dead in zip(b.nodes, buffers, _dead_after(b.nodes, keep))]
     guard = None
     if caps.device.type == "cuda":
         index = caps.device.index if caps.device.index is not None else torch.cuda.current_device()
