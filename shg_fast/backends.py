@@ -18,10 +18,13 @@ listing every reason; ``auto`` takes the first backend that can run, in the orde
 ``cuda, triton, reference`` for CUDA tensors and ``cpu, reference`` for CPU tensors, and so
 never fails for want of a backend.
 
-Fallback: :meth:`FusedOp.run` under ``auto`` also survives a backend that breaks at run
-time (a kernel that raises, e.g. a Triton compile failure) or an extension that failed to
-import: it warns once per (op, backend) with a :class:`BackendFallbackWarning` and runs the
-next backend. A forced backend never falls back; its error propagates.
+Fallback: on CPU tensors, :meth:`FusedOp.run` under ``auto`` also survives a backend that
+breaks at run time (a kernel that raises) or an extension that failed to import: it warns once
+per (op, backend) with a :class:`BackendFallbackWarning` and runs the next backend. On CUDA
+tensors a kernel that raises is never hidden: a failed launch can leave the device in an error
+state that a fallback would only blame on a later op, and inside graph capture it would enqueue
+into a broken capture; :class:`KernelLaunchError` names the op and the backend. A forced backend
+never falls back; its error propagates.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "BackendFallbackWarning",
     "BackendUnavailableError",
     "FusedOp",
+    "KernelLaunchError",
     "requested_backend",
     "backend_status",
 ]
@@ -54,6 +58,10 @@ AUTO_ORDER = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference
 
 class BackendUnavailableError(RuntimeError):
     """A backend was forced (by argument or ``SHG_FAST_BACKEND``) but cannot run this call."""
+
+
+class KernelLaunchError(RuntimeError):
+    """A backend's kernel raised on CUDA tensors under ``auto`` (never hidden by a fallback there)."""
 
 
 class BackendFallbackWarning(RuntimeWarning):
@@ -185,11 +193,12 @@ class FusedOp:
         return chosen, self.impls[chosen]
 
     def run(self, device: torch.device, backend: str | None, *args, **kwargs):
-        """Run this call on the best backend, falling back under ``auto``.
+        """Run this call on the best backend, falling back under ``auto`` on CPU tensors.
 
         A forced backend runs (or raises) as is. Under ``auto`` each candidate is tried in
-        order; one that raises is reported once with a :class:`BackendFallbackWarning` and the
-        next one runs, down to ``reference``, whose errors propagate. Out-of-memory errors
+        order; on CPU tensors one that raises is reported once with a
+        :class:`BackendFallbackWarning` and the next one runs, down to ``reference``, whose
+        errors propagate; on CUDA tensors it raises :class:`KernelLaunchError`. Out-of-memory errors
         always propagate. An extension that failed to import is reported the same way.
         """
         names = self.candidates(device, backend, *args, **kwargs)
@@ -201,7 +210,10 @@ class FusedOp:
                 return self.impls[name](*args, **kwargs)
             except torch.OutOfMemoryError:
                 raise
-            except Exception as exc:  # any kernel failure: the next backend computes the same op
+            except Exception as exc:  # any kernel failure: the next backend computes the same op, on CPU
+                if device.type == "cuda":
+                    raise KernelLaunchError(f"shg_fast: {self.name} failed on the {name} backend "
+                                            f"({type(exc).__name__}: {exc})") from exc
                 _warn_fallback(self.name, name, f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}", 4)
         return self.impls[names[-1]](*args, **kwargs)
 

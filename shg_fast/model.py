@@ -4,8 +4,26 @@
 constructor, same submodules, so the same ``state_dict`` (strict loads both ways) and the same
 training behaviour (BatchNorm on batch statistics, exact gradients, autocast, DDP,
 SyncBatchNorm, torch.compile). When no gradient is needed in eval mode it runs a
-:class:`~shg_fast.plan.FusedPlan` folded from the current weights, rebuilt whenever a
-parameter or buffer changes.
+:class:`~shg_fast.plan.FusedPlan` folded from the current weights.
+
+How the plan knows it is current, in O(1) per call: a process-wide counter,
+:func:`state_generation`, is bumped by every event that can change a model's weights, buffers,
+structure or mode as the plan sees them:
+
+* registering or replacing a submodule, parameter or buffer (PyTorch's global registration hooks);
+* any step of a ``torch.optim`` optimizer (the global optimizer step hook);
+* ``load_state_dict`` on the model or any of its submodules (a hook on each module);
+* ``train()``/``eval()`` and ``.to()``/``.half()``/``.cuda()``... on the model;
+* :meth:`StackedHourglass.invalidate_plan`.
+
+A call whose counter is unchanged since the last one reuses the plan without looking at any
+tensor. When the counter moved, the model re-reads its state once (:func:`state_key`: training
+flags, tensor versions and storages) and rebuilds the plan only if that changed.
+
+Not seen (the plan, and a :func:`shg_fast.cuda_graph` capture, would be stale; call
+:meth:`~StackedHourglass.invalidate_plan` after them): in-place writes outside ``load_state_dict``
+and optimizer steps (``with torch.no_grad(): p.mul_(2)``, writes through ``state_dict()``
+tensors or through ``.data``), and ``train()``/``eval()``/``.to()`` called on a submodule alone.
 """
 
 from __future__ import annotations
@@ -13,16 +31,16 @@ from __future__ import annotations
 import copy
 import itertools
 import operator
-import warnings
 import weakref
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch import nn
 
 from . import reference
 from .plan import FusedPlan, build_plan
 
-__all__ = ["StackedHourglass", "state_key"]
+__all__ = ["StackedHourglass", "state_generation", "state_key"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -31,19 +49,35 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # add_module, register_buffer, ModuleList edits), so a cached list of a model's tensors is re-read
 # after its structure changes.
 _structure_generation = 0
+# Bumped by every event of the module docstring's list; see state_generation().
+_generation = 0
 _tracked: "weakref.WeakKeyDictionary[nn.Module, _Tracked]" = weakref.WeakKeyDictionary()
+_load_hooked: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 _VERSION = operator.attrgetter("_version")
 _DATA_PTR = operator.methodcaller("data_ptr")
+
+
+def _bump(*_args, **_kwargs) -> None:
+    """Record that some model's state may have changed (every hook of the module docstring calls this)."""
+    global _generation
+    _generation += 1
 
 
 def _on_registration(module, name, value):
     global _structure_generation
     _structure_generation += 1
+    _bump()
+
+
+def state_generation() -> int:
+    """The process-wide counter of state-changing events (module docstring); O(1) to read."""
+    return _generation
 
 
 torch.nn.modules.module.register_module_module_registration_hook(_on_registration)
 torch.nn.modules.module.register_module_parameter_registration_hook(_on_registration)
 torch.nn.modules.module.register_module_buffer_registration_hook(_on_registration)
+register_optimizer_step_post_hook(_bump)
 
 
 class _Tracked:
@@ -55,6 +89,10 @@ class _Tracked:
         self.tensors = [t for mod in self.modules for t in itertools.chain(mod._parameters.values(),
                                                                            mod._buffers.values()) if t is not None]
         self.ids = tuple(map(id, self.tensors))
+        for mod in self.modules:  # loads into any submodule bump the generation
+            if mod not in _load_hooked:
+                _load_hooked.add(mod)
+                mod.register_load_state_dict_pre_hook(_bump)
 
 
 def _tracked_of(module: nn.Module) -> _Tracked:
@@ -90,32 +128,42 @@ def state_key(module: nn.Module) -> tuple | None:
 
 
 class _PlanCache:
-    """Fused plans per compute dtype, valid for one :func:`state_key`; never copied or pickled."""
+    """Fused plans per compute dtype, valid for one :func:`state_key`; never copied or pickled.
+
+    ``generation`` is the :func:`state_generation` at which ``key`` and ``training`` were last
+    read from the model: while the counter has not moved, neither needs reading again.
+    """
 
     def __init__(self):
         self.key: tuple | None = None
+        self.generation = -1
+        self.training = False  # some submodule is in training mode
         self.plans: dict[torch.dtype, FusedPlan] = {}
-        self.warned_untracked = False
 
     def __deepcopy__(self, memo) -> "_PlanCache":
         return _PlanCache()
 
     def __getstate__(self) -> dict:
-        return {"key": None, "plans": {}}
+        return _PlanCache().__dict__
 
 
 class StackedHourglass(reference.StackedHourglass):
     """Stacked Hourglass network with a fused eval-mode plan; a drop-in for the reference model.
 
-    Arguments as :class:`shg_fast.reference.StackedHourglass`. ``forward(x)`` takes ``(N, 3, H, W)``, H and W multiples of 64, and returns a list of
-    ``num_stacks`` heatmap tensors ``(N, num_joints, H/4, W/4)``, as the reference does.
+    Arguments as :class:`shg_fast.reference.StackedHourglass`. ``forward(x)`` takes ``(N, 3, H, W)``,
+    H and W multiples of 64, and returns a list of ``num_stacks`` heatmap tensors
+    ``(N, num_joints, H/4, W/4)``, as the reference does.
 
     * Training mode (of any submodule), or eval mode while a gradient is needed (grad mode on and
       a parameter or ``x`` requiring grad): the reference computation, so gradients equal the
       reference's.
     * Eval mode without gradients (``torch.no_grad``/``torch.inference_mode``, or frozen
       parameters): the fused plan (:meth:`fused_plan`) in the parameters' dtype, or in the
-      autocast dtype when autocast is on for ``x``'s device. Heatmaps come back contiguous.
+      autocast dtype when autocast is on for ``x``'s device, run as the
+      :class:`~shg_fast.engine.Program` built for ``x``'s shape. Heatmaps come back contiguous.
+
+    The plan is known current in O(1) per call; see the module docstring for what that sees and
+    what needs :meth:`invalidate_plan`.
     """
 
     def __init__(self, num_stacks: int = 8, num_features: int = 256, num_joints: int = 16,
@@ -125,61 +173,78 @@ class StackedHourglass(reference.StackedHourglass):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         reference.check_input(x)
-        if any(m.training for m in _modules_of(self)) or self._needs_grad(x):
+        cache = self._refresh()
+        if cache.training or self._needs_grad(x):
             return super().forward(x)
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
             with torch.autocast(device_type, enabled=False):
-                return self.fused_plan(dtype)(self.normalize_input(x.to(dtype)))
+                return self._plan(dtype)(self.normalize_input(x.to(dtype)))
         dtype = self.conv1.weight.dtype
         if x.dtype != dtype:
             raise TypeError(f"input dtype {x.dtype} differs from the model's parameters ({dtype})")
-        return self.fused_plan(dtype)(self.normalize_input(x))
+        return self._plan(dtype)(self.normalize_input(x))
 
     def _needs_grad(self, x: torch.Tensor) -> bool:
         if not torch.is_grad_enabled():
             return False
         return x.requires_grad or any(p.requires_grad for p in self.parameters())
 
+    def _refresh(self) -> _PlanCache:
+        """The plan cache, its state re-read from the model only when :func:`state_generation` moved."""
+        cache = self._plans
+        if cache.generation != _generation:
+            generation = _generation
+            key = state_key(self)
+            if key is None or key != cache.key:
+                cache.key, cache.plans = key, {}
+            cache.training = any(m.training for m in _modules_of(self))
+            cache.generation = generation
+        return cache
+
+    def train(self, mode: bool = True) -> "StackedHourglass":
+        _bump()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):
+        result = super()._apply(fn, recurse)
+        _bump()
+        return result
+
     def fused_plan(self, dtype: torch.dtype | None = None) -> FusedPlan:
         """The eval-mode :class:`~shg_fast.plan.FusedPlan` of the current weights, in ``dtype``.
 
-        Built on first use and cached; rebuilt whenever :func:`state_key` changes (weights or
-        buffers updated, moved or cast; train/eval switched), so it is never stale, except after
-        in-place updates through ``.data``: call :meth:`invalidate_plan` after those. ``dtype``
-        defaults to the parameters' dtype. Folding is done in at least float32. Raises
-        RuntimeError in training mode (BN then uses batch statistics, which cannot be folded).
+        Built on first use and cached; rebuilt when the model's state changed (module docstring:
+        what is seen in O(1), and :meth:`invalidate_plan` for the rest). ``dtype`` defaults to the
+        parameters' dtype. Folding is done in at least float32. Raises RuntimeError in training
+        mode (BN then uses batch statistics, which cannot be folded).
         """
         if self.training:
             raise RuntimeError("fused_plan() needs eval mode: call model.eval() first")
-        param_dtype = self.conv1.weight.dtype
-        dtype = param_dtype if dtype is None else dtype
-        key = state_key(self)
-        cache = self._plans
-        if key is None and not cache.warned_untracked:
-            cache.warned_untracked = True
-            warnings.warn(
-                "shg_fast.StackedHourglass: parameters or buffers are inference tensors (created under "
-                "torch.inference_mode), whose updates cannot be tracked, so the fused plan is rebuilt on "
-                "every call; build or load the model outside inference_mode for full speed",
-                RuntimeWarning, stacklevel=3)
-        if key is None or key != cache.key:
-            cache.key, cache.plans = key, {}
-        if dtype not in cache.plans:
-            if param_dtype not in cache.plans:
-                cache.plans[param_dtype] = self._fold()
-            cache.plans[dtype] = cache.plans[param_dtype].to(dtype)
-        return cache.plans[dtype]
+        self._refresh()
+        return self._plan(self.conv1.weight.dtype if dtype is None else dtype)
+
+    def _plan(self, dtype: torch.dtype) -> FusedPlan:
+        plans = self._plans.plans
+        plan = plans.get(dtype)
+        if plan is None:
+            param_dtype = self.conv1.weight.dtype
+            if param_dtype not in plans:
+                plans[param_dtype] = self._fold()
+            plan = plans[dtype] = plans[param_dtype].to(dtype)
+        return plan
 
     def invalidate_plan(self) -> None:
         """Forget the fused plans (and make :func:`shg_fast.cuda_graph` callables recapture).
 
-        Only needed after in-place updates through ``.data`` (``p.data.copy_(w)``), which autograd
-        does not count; every other change of weights or buffers is detected by itself.
+        Needed after the changes the O(1) check does not see (module docstring): in-place writes
+        outside ``load_state_dict`` and optimizer steps, and ``train()``/``eval()``/``.to()`` on a
+        submodule alone.
         """
         self._plan_epoch = self.__dict__.get("_plan_epoch", 0) + 1
         self._plans = _PlanCache()
+        _bump()
 
     def _fold(self) -> FusedPlan:
         dtype = self.conv1.weight.dtype
@@ -188,6 +253,14 @@ class StackedHourglass(reference.StackedHourglass):
         source = copy.deepcopy(self).float()
         return build_plan(source).to(dtype)
 
-    def plan_info(self) -> dict:
-        """A summary of the current fused plan (see :meth:`shg_fast.plan.FusedPlan.info`)."""
-        return self.fused_plan().info()
+    def plan_info(self, example: torch.Tensor | None = None) -> dict:
+        """A summary of the current fused plan (:meth:`shg_fast.plan.FusedPlan.info`).
+
+        With ``example`` (an input), also ``"steps"``: the program for its shape, one dict per
+        step with its tactic and the reason (:meth:`shg_fast.engine.Program.info`).
+        """
+        plan = self.fused_plan()
+        info = plan.info()
+        if example is not None:
+            info["steps"] = plan.program(example).info()
+        return info

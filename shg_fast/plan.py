@@ -11,13 +11,14 @@ or the drop-in :class:`shg_fast.StackedHourglass`, BatchNorm or SyncBatchNorm) a
 * the heatmap conv and the two merge convs → one 1x1 conv with ``K + f`` outputs
   (:func:`shg_fast.fusion.merge_head`), the residual stream added to its last ``f`` channels.
 
-:meth:`FusedPlan.__call__` runs the plan with the public ops of :mod:`shg_fast.ops`, so the
-best backend for the tensors' device is picked per call (``auto``), activations channels_last.
-float32 CPU plans under ``auto`` run on oneDNN instead (:class:`_MkldnnRunner`: prepacked
-weights, ReLU and residual adds as conv post-ops, the BN-ReLU prologue as one clamp pass,
-the C++ ``upsample_add``, and the 3x3 convs by the C++ Winograd F(4x4, 3x3) kernel unless
-``SHG_FAST_WINOGRAD=0``), as no fused CPU conv kernel exists; :func:`mkldnn_runner_reasons`
-says why it is not used, ``FusedPlan.info()["runner"]`` which runner a call takes.
+:meth:`FusedPlan.__call__` runs the :class:`~shg_fast.engine.Program` built for the input's
+shape (:mod:`shg_fast.engine`: tactics chosen once, weights in each kernel's layout, no per-call
+backend choice). Its float32 CPU tactics are :class:`CpuConvs`: oneDNN convolutions with
+prepacked weights, ReLU and residual adds as conv post-ops, the BN-ReLU prologue as one clamp
+pass, the C++ ``upsample_add``, and the 3x3 convs by the C++ Winograd F(4x4, 3x3) kernel unless
+``SHG_FAST_WINOGRAD=0``; :func:`mkldnn_runner_reasons` says why they are not used,
+``FusedPlan.info()["runner"]`` which runner a call takes. Under ``torch.compile`` the plan runs
+through the public ops of :mod:`shg_fast.ops` instead (``_OpsRunner``), which dynamo traces.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ from torch.nn import functional as F
 
 from . import ops
 from .backends import requested_backend
+from .engine import Program, build_program, current_settings
 from .fusion import FoldedResidual, fold_bn_into_conv, merge_head
+from .ops.upsample_add import UPSAMPLE_ADD
+from .tactics import Tactic
 
-__all__ = ["FusedPlan", "HourglassPlan", "StackPlan", "build_plan", "mkldnn_runner_reasons"]
+__all__ = ["CpuConvs", "FusedPlan", "HourglassPlan", "StackPlan", "build_plan", "mkldnn_runner_reasons"]
 
 
 @dataclass
@@ -86,19 +90,36 @@ class FusedPlan:
         return _map_tensors(self, lambda t: _channels_last(t.to(*args, **kwargs)))
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Run the plan: ``x`` ``(N, 3, H, W)`` in the plan's dtype/device → list of heatmaps per stack."""
-        return _run(self._runner(x), self, _channels_last(x))
+        """Run the plan: ``x`` ``(N, 3, H, W)`` in the plan's dtype/device → list of heatmaps per stack.
 
-    def _runner(self, x: torch.Tensor) -> "_OpsRunner":
-        """The mkldnn runner for float32 CPU tensors under ``auto`` (when oneDNN is present), else the ops."""
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.compiler.is_compiling()
-                and not mkldnn_runner_reasons()):
-            runner = self.__dict__.get("_mkldnn_runner")
-            if runner is None:
-                runner = _MkldnnRunner()
-                self.__dict__["_mkldnn_runner"] = runner
-            return runner
-        return _OPS_RUNNER
+        Runs the :class:`~shg_fast.engine.Program` built for ``x``'s shape (:meth:`program`);
+        under ``torch.compile`` the plan runs through the public ops instead, which dynamo traces.
+        """
+        if torch.compiler.is_compiling():
+            return _run(_OPS_RUNNER, self, _channels_last(x))
+        return self.program(x)(x)
+
+    def program(self, x: torch.Tensor, *, decode: bool = False, flip_pairs=None) -> "Program":
+        """The program for inputs like ``x`` and the current settings, built on first use and kept.
+
+        Programs are cached per (shape, dtype, device, settings, decode, flip pairs), the
+        ``MAX_PROGRAMS`` most recently built ones; see :func:`shg_fast.engine.build_program`.
+        """
+        settings = current_settings()
+        flip = None if flip_pairs is None else tuple(map(tuple, flip_pairs))
+        key = (tuple(x.shape), x.dtype, x.device, settings, decode, flip)
+        programs = self.__dict__.setdefault("_programs", {})
+        program = programs.get(key)
+        if program is None:
+            if x.dim() != 4 or x.dtype != self.dtype or x.device != self.device:
+                raise ValueError(f"the plan runs {self.dtype} (N, 3, H, W) inputs on {self.device}, got "
+                                 f"{x.dtype} {tuple(x.shape)} on {x.device}")
+            program = build_program(self, x.shape[0], x.shape[2], x.shape[3], settings=settings, decode=decode,
+                                    flip_pairs=flip_pairs)
+            if len(programs) >= MAX_PROGRAMS:
+                programs.pop(next(iter(programs)))
+            programs[key] = program
+        return program
 
     def info(self) -> dict:
         """A summary of the plan: dtype, device and how many of each fused piece it runs."""
@@ -114,6 +135,10 @@ class FusedPlan:
             "runner": "mkldnn" if mkldnn else "ops",
             "winograd_3x3": mkldnn and winograd_enabled(),
         }
+
+
+#: Programs a plan keeps (one per input shape and settings); the oldest is dropped beyond this.
+MAX_PROGRAMS = 8
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -133,7 +158,7 @@ def _map_tensors(obj, fn: Callable[[torch.Tensor], torch.Tensor]):
 
 
 class _OpsRunner:
-    """Runs the plan's pieces with the public fused ops (the backend is picked per call)."""
+    """Runs the plan's pieces with the public fused ops (the backend is picked per call): the torch.compile path."""
 
     def stem(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return ops.conv_bn_relu(x, w, b, stride=2, padding=3, out_relu=True)
@@ -184,89 +209,92 @@ def winograd_enabled() -> bool:
     return os.environ.get(WINOGRAD_ENV_VAR, "1").strip() != "0" and ops.winograd_available()
 
 
-class _MkldnnRunner(_OpsRunner):
-    """float32 CPU: oneDNN convolutions with weights prepacked once per plan, ReLU/add fused.
+class CpuConvs:
+    """float32 CPU tactics: oneDNN convolutions with weights prepacked once, ReLU/add fused.
 
-    The add of a residual (and of the upsampled lower branch, added into it beforehand by the
-    C++ upsample_add) is a post-op of the conv producing the block's output.
+    The CPU runner of the engine (:mod:`shg_fast.engine`): :meth:`conv` and :meth:`block`
+    decide, once per program, how each conv runs (Winograd, ATen or prepacked oneDNN) and return
+    a callable with those decisions and the packed weights bound, and its tactic. The add of a
+    residual (and of the upsampled lower branch, added into it beforehand by the C++
+    upsample_add) is a post-op of the conv producing the block's output.
     """
 
-    def __init__(self):
-        self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, packed)
-        self._winograd: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(weight) -> (weight, transformed)
-        self._head_parts: dict[int, tuple[torch.Tensor, ...]] = {}  # id(head_w) -> (head_w, split w and b)
-        self._clamped: dict[int, tuple] = {}  # id(block) -> (block, lo, hi, w1, b1): see _clamp_prologue
+    def __init__(self, winograd: bool):
+        self.winograd = winograd
+        self._upsample_add = (torch.ops.shg_fast.upsample_add if "cpu" in UPSAMPLE_ADD.impls
+                              else ops.upsample_add_reference)
 
-    def _conv(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, stride: int = 1, padding: int | None = None,
-              relu: bool = False, add: torch.Tensor | None = None) -> torch.Tensor:
+    def conv(self, w: torch.Tensor, b: torch.Tensor, x_shape, *, stride: int = 1, padding: int | None = None,
+             relu: bool = False, add: bool = False) -> tuple[Callable, Tactic]:
+        """``f(x)`` (``f(x, add)`` with ``add``) running this conv on inputs of ``x_shape``, and its tactic."""
         pad = [w.shape[-1] // 2 if padding is None else padding] * 2
-        if (w.shape[-1] == 3 and stride == 1 and pad[0] == 1 and add is None
-                and min(x.shape[-2:]) >= WINOGRAD_MIN_SIDE and winograd_enabled()):
-            entry = self._winograd.get(id(w))
-            if entry is None or entry[0] is not w:
-                entry = self._winograd[id(w)] = (w, ops.winograd_weight(w))
-            return ops.winograd_conv3x3(x, entry[1], b, relu=relu)
-        if w.shape[-1] == 1 and x.shape[-1] * x.shape[-2] <= SMALL_MAP_PIXELS:
-            y = F.conv2d(x, w, b)  # ATen's direct path beats oneDNN's per-call overhead on tiny maps
-            return y.relu_() if relu else y if add is None else y.add_(add)
-        entry = self._packed.get(id(w))
-        if entry is None or entry[0] is not w:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(w, pad, [stride] * 2, [1, 1], 1, list(x.shape))
-            entry = self._packed[id(w)] = (w, packed)
-        if add is not None:
-            return torch.ops.mkldnn._convolution_pointwise.binary(
-                x, add, entry[1], b, pad, [stride] * 2, [1, 1], 1, "add", 1.0, None, [], None)
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, entry[1], b, pad, [stride] * 2, [1, 1], 1, "relu" if relu else "none", [], "")
+        if (w.shape[-1] == 3 and stride == 1 and pad[0] == 1 and not add
+                and min(x_shape[-2:]) >= WINOGRAD_MIN_SIDE and self.winograd):
+            weight_t, winograd = ops.winograd_weight(w), ops.winograd_conv3x3
+            return (lambda x: winograd(x, weight_t, b, relu=relu)), Tactic(
+                "winograd", f"3x3 stride-1 conv on a map of at least {WINOGRAD_MIN_SIDE}x{WINOGRAD_MIN_SIDE}: "
+                "Winograd F(4x4, 3x3) on weights transformed once")
+        if w.shape[-1] == 1 and x_shape[-1] * x_shape[-2] <= SMALL_MAP_PIXELS:
+            # ATen's direct path beats oneDNN's per-call overhead on tiny maps
+            tactic = Tactic("aten", f"1x1 conv on a map of at most {SMALL_MAP_PIXELS} pixels")
+            if add:
+                return (lambda x, a: F.conv2d(x, w, b).add_(a)), tactic
+            return ((lambda x: F.conv2d(x, w, b).relu_()) if relu else (lambda x: F.conv2d(x, w, b))), tactic
+        packed = torch.ops.mkldnn._reorder_convolution_weight(w, pad, [stride] * 2, [1, 1], 1, list(x_shape))
+        tactic = Tactic("mkldnn", "oneDNN conv, weights prepacked for this input shape, "
+                        + ("add" if add else "ReLU" if relu else "bias") + " fused")
+        if add:
+            return (lambda x, a: torch.ops.mkldnn._convolution_pointwise.binary(
+                x, a, packed, b, pad, [stride] * 2, [1, 1], 1, "add", 1.0, None, [], None)), tactic
+        attr = "relu" if relu else "none"
+        return (lambda x: torch.ops.mkldnn._convolution_pointwise(
+            x, packed, b, pad, [stride] * 2, [1, 1], 1, attr, [], "")), tactic
 
-    def stem(self, x, w, b):
-        return self._conv(x, w, b, stride=2, padding=3, relu=True)
+    def block(self, block: FoldedResidual, x_shape, upsample: bool) -> tuple[Callable, Tactic]:
+        """``f(x)`` (``f(x, low)`` with ``upsample``) running one residual block, and its tactic."""
+        lo, hi, w1, b1 = _clamp_prologue(block)
+        mid_shape = (x_shape[0], block.mid_channels, *x_shape[2:])
+        conv1, t1 = self.conv(w1, b1, x_shape, relu=True)
+        conv2, t2 = self.conv(block.w2, block.b2, mid_shape, relu=True)
+        conv3, t3 = self.conv(block.w3, block.b3, mid_shape, add=True)
+        skip_conv, ts = (None, None) if block.ws is None else self.conv(block.ws, block.bs, x_shape)
+        upsample_add = self._upsample_add
+        config = {"conv1": t1.backend, "conv2": t2.backend, "conv3": t3.backend}
+        if ts is not None:
+            config["skip"] = ts.backend
+        tactic = Tactic("mkldnn", "float32 CPU runner: BN-ReLU prologue as one clamp, convs as configured, "
+                        "the skip added as conv3's post-op", config)
 
-    def _clamp_prologue(self, block: FoldedResidual) -> tuple:
-        """The prologue ``relu(s*x + t)`` before the 1x1 conv1 as one clamp, s and t moved into conv1.
+        def run(x: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
+            h = conv2(conv1(torch.clamp(x, lo, hi)))
+            skip = x if skip_conv is None else skip_conv(x)
+            if low is not None:
+                skip = upsample_add(low, skip)
+            return conv3(h, skip)
 
-        With ``c = -t/s``: ``relu(s*x + t) = s*(clamp(x, lo, hi) - c)``, ``lo = c, hi = inf`` where
-        ``s > 0`` and ``lo = -inf, hi = c`` where ``s < 0`` (``s = 0`` gives the constant
-        ``relu(t)``). ``s`` scales conv1's input channels and the constant part goes into its
-        bias (exact: a 1x1 conv has no padding), so the prologue is a single pass over x.
-        """
-        entry = self._clamped.get(id(block))
-        if entry is None or entry[0] is not block:
-            s, t = block.in_scale, block.in_shift
-            nonzero = s != 0
-            c = torch.where(nonzero, -t / torch.where(nonzero, s, torch.ones_like(s)), torch.zeros_like(s))
-            inf = torch.full_like(s, float("inf"))
-            lo = torch.where(s > 0, c, torch.where(nonzero, -inf, c))
-            hi = torch.where(s < 0, c, torch.where(nonzero, inf, c))
-            const = torch.where(nonzero, -s * c, t.clamp_min(0))
-            w1 = (block.w1 * s.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
-            b1 = block.b1 + block.w1.flatten(1) @ const
-            entry = self._clamped[id(block)] = (block, lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1), w1, b1)
-        return entry[1:]
+        if not upsample:
+            return (lambda x: run(x)), tactic
+        return run, tactic
 
-    def block(self, x, block, upsample):
-        lo, hi, w1, b1 = self._clamp_prologue(block)
-        h = self._conv(torch.clamp(x, lo, hi), w1, b1, relu=True)
-        h = self._conv(h, block.w2, block.b2, relu=True)
-        skip = x if block.ws is None else self._conv(x, block.ws, block.bs)
-        if upsample is not None:
-            skip = ops.upsample_add(upsample, skip)
-        return self._conv(h, block.w3, block.b3, add=skip)
 
-    def lin(self, x, w, b):
-        return self._conv(x, w, b, relu=True)
+def _clamp_prologue(block: FoldedResidual) -> tuple:
+    """The prologue ``relu(s*x + t)`` before the 1x1 conv1 as one clamp, s and t moved into conv1.
 
-    def head(self, ll, stack, k, h):
-        """Heatmaps and the residual-stream update as two convs, the stream added as a post-op."""
-        w, b = stack.head_w, stack.head_b
-        if w.shape[0] == k:
-            return self._conv(ll, w, b), h
-        parts = self._head_parts
-        if id(w) not in parts or parts[id(w)][0] is not w:
-            parts[id(w)] = (w, w[:k].contiguous(memory_format=torch.channels_last), b[:k].contiguous(),
-                            w[k:].contiguous(memory_format=torch.channels_last), b[k:].contiguous())
-        _, w_hm, b_hm, w_up, b_up = parts[id(w)]
-        return self._conv(ll, w_hm, b_hm), self._conv(ll, w_up, b_up, add=h)
+    With ``c = -t/s``: ``relu(s*x + t) = s*(clamp(x, lo, hi) - c)``, ``lo = c, hi = inf`` where
+    ``s > 0`` and ``lo = -inf, hi = c`` where ``s < 0`` (``s = 0`` gives the constant
+    ``relu(t)``). ``s`` scales conv1's input channels and the constant part goes into its
+    bias (exact: a 1x1 conv has no padding), so the prologue is a single pass over x.
+    """
+    s, t = block.in_scale, block.in_shift
+    nonzero = s != 0
+    c = torch.where(nonzero, -t / torch.where(nonzero, s, torch.ones_like(s)), torch.zeros_like(s))
+    inf = torch.full_like(s, float("inf"))
+    lo = torch.where(s > 0, c, torch.where(nonzero, -inf, c))
+    hi = torch.where(s < 0, c, torch.where(nonzero, inf, c))
+    const = torch.where(nonzero, -s * c, t.clamp_min(0))
+    w1 = (block.w1 * s.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
+    b1 = block.b1 + block.w1.flatten(1) @ const
+    return lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1), w1, b1
 
 
 def _run(runner: _OpsRunner, plan: FusedPlan, x: torch.Tensor) -> list[torch.Tensor]:

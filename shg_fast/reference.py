@@ -177,6 +177,10 @@ class StackedHourglass(nn.Module):
         self.num_modules = num_modules
         self.stem_kind = stem
         self.input_mean = _check_mean(input_mean)
+        # A device copy of the mean (not in the state_dict), so that subtracting it copies nothing from the
+        # host: normalize_input runs inside CUDA-graph captures too.
+        self.register_buffer("input_mean_tensor", None if self.input_mean is None else
+                             torch.tensor(self.input_mean).view(1, 3, 1, 1), persistent=False)
         f = num_features
         r4, r5 = STEMS[stem](f)
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)
@@ -202,7 +206,7 @@ class StackedHourglass(nn.Module):
         """``x`` minus :attr:`input_mean` per channel (``x`` itself when there is none)."""
         if self.input_mean is None:
             return x
-        return x - torch.tensor(self.input_mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return x - self.input_mean_tensor.to(x.dtype)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """conv7x7/2 → BN → ReLU → r1 → maxpool → r4 → r5 (channels as :data:`STEMS` says)."""

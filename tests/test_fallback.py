@@ -1,4 +1,5 @@
-"""auto falls back loudly once: a broken extension or a kernel that raises never breaks a call."""
+"""auto falls back loudly once on CPU tensors (a broken extension or a kernel that raises never breaks
+a call there); on CUDA tensors a kernel that raises is reported, never hidden."""
 
 import subprocess
 import sys
@@ -8,13 +9,14 @@ import pytest
 import torch
 
 from shg_fast import _extension, backends
-from shg_fast.backends import BackendFallbackWarning, FusedOp
+from shg_fast.backends import BackendFallbackWarning, FusedOp, KernelLaunchError
 from shg_fast.ops import upsample_add, upsample_add_reference
 from shg_fast.ops.upsample_add import UPSAMPLE_ADD
 
 from .test_info import BLOCK_EXTENSION
 
 CUDA = torch.device("cuda")  # only names the auto order; every tensor here stays on the CPU
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -23,40 +25,55 @@ def _fresh(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
 
 
-def _failing_triton_op(name="demo", error=RuntimeError("simulated Triton compile failure")):
-    """An op whose triton kernel raises at run time, as a failed compile does."""
+def _failing_triton_op(name="demo", error=RuntimeError("simulated Triton compile failure"), backend="triton"):
+    """An op whose ``backend`` kernel raises at run time, as a failed compile does."""
     calls = []
 
-    def triton_impl(x):
-        calls.append("triton")
+    def failing_impl(x):
+        calls.append(backend)
         raise error
 
     op = FusedOp(name)
-    op.register("triton", triton_impl)
+    op.register(backend, failing_impl)
     op.register("reference", lambda x: x * 2)
     return op, calls
 
 
-def test_failing_kernel_warns_once_and_falls_back():
-    op, calls = _failing_triton_op()
+NEEDS_EXTENSION = pytest.mark.skipif(_extension.load()[0] is None, reason="needs the C++ extension")
+
+
+@NEEDS_EXTENSION
+def test_failing_cpu_kernel_warns_once_and_falls_back():
+    # named after a real op: the cpu backend only runs ops whose kernel the extension has
+    op, calls = _failing_triton_op("upsample_add", RuntimeError("simulated kernel crash"), backend="cpu")
     x = torch.randn(3)
-    with pytest.warns(BackendFallbackWarning, match="triton backend of demo failed.*simulated Triton compile"):
-        assert torch.equal(op.run(CUDA, None, x), x * 2)
+    with pytest.warns(BackendFallbackWarning, match="cpu backend of upsample_add failed.*simulated kernel crash"):
+        assert torch.equal(op.run(CPU, None, x), x * 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a second warning would raise here
-        assert torch.equal(op.run(CUDA, None, x), x * 2)
-    assert calls == ["triton", "triton"]  # still tried: a failure may be specific to one shape
+        assert torch.equal(op.run(CPU, None, x), x * 2)
+    assert calls == ["cpu", "cpu"]  # still tried: a failure may be specific to one shape
 
 
+def test_failing_kernel_on_cuda_raises_with_op_and_backend():
+    op, calls = _failing_triton_op()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(KernelLaunchError, match="demo failed on the triton backend.*simulated Triton compile"):
+            op.run(CUDA, None, torch.randn(3))
+    assert calls == ["triton"]
+
+
+@NEEDS_EXTENSION
 def test_each_op_backend_pair_warns_for_itself():
-    first, _ = _failing_triton_op("first")
-    second, _ = _failing_triton_op("second")
+    first, _ = _failing_triton_op("upsample_add", backend="cpu")
+    second, _ = _failing_triton_op("decode_heatmaps", backend="cpu")
     with pytest.warns(BackendFallbackWarning) as record:
-        first.run(CUDA, None, torch.ones(1))
-        second.run(CUDA, None, torch.ones(1))
-        first.run(CUDA, None, torch.ones(1))
-    assert ["demo" not in str(w.message) for w in record] == [True, True]
+        first.run(CPU, None, torch.ones(1))
+        second.run(CPU, None, torch.ones(1))
+        first.run(CPU, None, torch.ones(1))
     assert len(record) == 2
+    assert "upsample_add" in str(record[0].message) and "decode_heatmaps" in str(record[1].message)
 
 
 def test_forced_backend_reraises():

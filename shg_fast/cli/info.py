@@ -1,4 +1,9 @@
-"""``shg-fast info``: versions, the GPU if any, and which backends can run (and why not)."""
+"""``shg-fast info``: versions, the GPU if any, and which backends can run (and why not).
+
+``--plan`` also prints the inference program of a default model (:mod:`shg_fast.engine`): every
+step with its tactic and the reason, for the best device here, the CPU, or a recorded GPU (the
+GPU program built on any machine, its launches counted, nothing run).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,47 @@ import shutil
 import subprocess
 
 
+PLAN_DEVICES = ("auto", "cpu", "cuda", "recorded-gpu", "recorded-gpu-triton")
+PLAN_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "float64": "float64"}
+
+
 def add_parser(sub) -> argparse.ArgumentParser:
-    return sub.add_parser("info", help="print versions, the GPU and the available backends")
+    p = sub.add_parser("info", help="print versions, the GPU and the available backends")
+    p.add_argument("--plan", action="store_true",
+                   help="also print the inference program's steps with their tactics and reasons")
+    p.add_argument("--plan-device", choices=PLAN_DEVICES, default="auto",
+                   help="device of the program: auto (CUDA if present, else CPU), cpu, cuda, or a GPU whose "
+                        "launches are recorded (recorded-gpu: with the extension's CUDA kernels; "
+                        "recorded-gpu-triton: Triton only)")
+    p.add_argument("--batch", type=int, default=1, help="batch of the program (default 1)")
+    p.add_argument("--size", type=int, default=256, help="input height and width, a multiple of 64 (default 256)")
+    p.add_argument("--dtype", choices=tuple(PLAN_DTYPES), default="float32", help="dtype of the program")
+    p.add_argument("--stacks", type=int, default=8, help="hourglass stacks of the model (default 8)")
+    return p
+
+
+def plan_lines(device: str = "auto", batch: int = 1, size: int = 256, dtype: str = "float32",
+               stacks: int = 8) -> list[str]:
+    """The program of a default (randomly initialised) model for these settings, one line per step."""
+    import torch
+
+    from shg_fast import StackedHourglass
+    from shg_fast.cli import CLIError
+    from shg_fast.engine import build_program, recorded_gpu
+
+    if batch < 1 or size < 64 or size % 64 or stacks < 1:
+        raise CLIError(f"--batch and --stacks must be >= 1 and --size a multiple of 64, got {batch}, {stacks}, {size}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--plan-device cuda: no CUDA device here (try recorded-gpu)")
+    caps = None
+    if device.startswith("recorded"):
+        caps = recorded_gpu(cuda_kernels=device == "recorded-gpu")
+        device = "cpu"
+    model = StackedHourglass(num_stacks=stacks).eval()
+    plan = model.fused_plan().to(device=device, dtype=getattr(torch, PLAN_DTYPES[dtype]))
+    return build_program(plan, batch, size, size, caps=caps).describe()
 
 
 def _version(dist: str) -> str:
@@ -81,5 +125,8 @@ def info_lines() -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    print("\n".join(info_lines()))
+    lines = info_lines()
+    if args.plan:
+        lines += plan_lines(args.plan_device, args.batch, args.size, args.dtype, args.stacks)
+    print("\n".join(lines))
     return 0

@@ -10,6 +10,7 @@ module never touches the GPU, and without the extension it registers nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -66,6 +67,12 @@ def _check_cpu(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | 
     return [] if x.dtype in SUPPORTED_DTYPES else [f"residual_block cpu does not support dtype {x.dtype}"]
 
 
+@functools.lru_cache(maxsize=None)
+def _smem_limit(index: int) -> int:
+    """The opt-in shared memory per block of CUDA device ``index`` (queried once per device)."""
+    return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
+
+
 def _check_cuda(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None = None) -> list[str]:
     reasons = _check_cpu(x, block, upsample)
     if x.dtype == torch.float32:  # auto then takes triton: exact fp32 FMA tiles, or TF32 on tensor cores
@@ -73,7 +80,7 @@ def _check_cuda(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor |
                        "10-100x slower than eager); float32 blocks run on the triton convs")
     if not reasons:
         need = cuda_smem_bytes(x, block)
-        limit = torch.cuda.get_device_properties(x.device).shared_memory_per_block_optin
+        limit = _smem_limit(x.device.index if x.device.index is not None else torch.cuda.current_device())
         if need > limit:
             reasons.append(f"residual_block cuda needs {need} bytes of shared memory per block for C_in "
                            f"{block.in_channels}, C_mid {block.mid_channels} in {x.dtype}; the device allows {limit}")

@@ -1,0 +1,106 @@
+"""The tactic table of the inference engine: which backend and launch configuration runs each step.
+
+A tactic is ``(backend, config, reason)``. The builder of :mod:`shg_fast.engine` asks
+:func:`lookup` once per step, with the step's op, its layer-shape key, the dtype, the batch
+and the device name; a matching entry of the table wins if its backend can run here,
+otherwise the default rule below decides.
+
+The table is ``shg_fast/assets/tactics.json``::
+
+    {"format": 1, "about": "...", "entries": [
+      {"op": "residual_block", "shape": "cin=256 mid=128 cout=256 h=64 w=64 up",
+       "dtype": "float16", "batch": 1, "device": "H200",
+       "backend": "cuda", "config": {}, "reason": "0.011 ms vs 0.019 ms for triton (measured ...)"},
+      {"op": "conv", "shape": "cin=256 cout=16 k=1 s=1 h=64 w=64", "dtype": "*", "batch": "*",
+       "backend": "triton", "config": {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 64, "num_warps": 4,
+       "num_stages": 3}, "reason": "..."}]}
+
+* ``op``: ``residual_block``, ``conv``, ``max_pool`` or ``decode``; ``shape``: the step's key
+  exactly as ``shg-fast info --plan`` prints it (:func:`shg_fast.engine.shape_key`).
+* ``dtype`` (``float32``, ``float16``, ``bfloat16``, ...) and ``batch`` (an int) match exactly,
+  ``"*"`` matches any; ``device`` (optional) must occur in the device's name (``torch.cuda
+  .get_device_properties(...).name``, ``cpu`` on the CPU).
+* ``backend``: ``cuda`` (the whole-block CUDA kernel; ``residual_block`` only), ``triton``
+  (``conv`` and ``residual_block`` as implicit-GEMM convs, ``decode``), or ``aten``
+  (``max_pool``). ``config`` is the backend's launch configuration: for ``triton`` convs the
+  keys of :func:`shg_fast.kernels.conv_bn_relu.conv_block_sizes` (``BLOCK_M``, ``BLOCK_N``,
+  ``BLOCK_K``, ``num_warps``, ``num_stages``; missing keys take the heuristic's value); ``cuda``
+  and ``aten`` take none. ``reason`` says where the entry comes from (a measurement, a kernel
+  analysis); it is shown next to the step.
+* The first matching entry wins. Adding entries needs no code change.
+
+Default rule (no entry, or the entry's backend cannot run here):
+
+* CUDA devices: a residual block runs on ``cuda`` (one launch) when the extension has CUDA
+  kernels and the block's shared memory fits the device, else on ``triton`` (three convs), else
+  on the ``reference`` ops; a conv runs on ``triton`` with the ``conv_block_sizes`` heuristic,
+  else ``reference``; a max-pool on ``aten``; the decode on ``triton``, else ``cuda``.
+* CPU, float32, ``auto`` backend and oneDNN present: the ``mkldnn`` tactics of the CPU runner
+  (prepacked oneDNN convs with fused ReLU/add, 3x3 convs by ``winograd`` on maps of 8x8 and
+  up unless ``SHG_FAST_WINOGRAD=0``, 1x1 convs on maps of at most 64 pixels by ``aten``).
+* Otherwise (other dtypes, a forced ``SHG_FAST_BACKEND``, no oneDNN) the public op's backend,
+  chosen once when the program is built (the forced one, or the first of the ``auto`` order
+  that can run); a forced ``triton`` on CPU tensors (the interpreter) runs the engine's own
+  Triton steps, as on a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+
+import torch
+
+__all__ = ["Tactic", "TABLE_PATH", "load_table", "lookup", "dtype_name"]
+
+#: Where the table lives inside the package.
+TABLE_PATH = "assets/tactics.json"
+_FORMAT = 1
+_KEYS = {"op", "shape", "dtype", "batch", "backend", "config", "reason"}
+
+
+@dataclass(frozen=True)
+class Tactic:
+    """How one step runs: the backend, its launch configuration, and why it was chosen."""
+
+    backend: str
+    reason: str
+    config: dict = field(default_factory=dict, compare=False)
+
+    def describe(self) -> str:
+        config = " ".join(f"{k}={v}" for k, v in sorted(self.config.items()))
+        return f"{self.backend}" + (f" [{config}]" if config else "")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float16`` → ``float16``, as the table writes dtypes."""
+    return str(dtype).removeprefix("torch.")
+
+
+@functools.lru_cache(maxsize=None)
+def load_table() -> tuple[dict, ...]:
+    """The entries of the packaged table (read and checked once per process); ValueError if malformed."""
+    text = resources.files("shg_fast").joinpath(TABLE_PATH).read_text()
+    data = json.loads(text)
+    if data.get("format") != _FORMAT or not isinstance(data.get("entries"), list):
+        raise ValueError(f"shg_fast/{TABLE_PATH}: expected format {_FORMAT} with a list of entries")
+    for i, entry in enumerate(data["entries"]):
+        missing = _KEYS - set(entry)
+        if missing:
+            raise ValueError(f"shg_fast/{TABLE_PATH}: entry {i} lacks {sorted(missing)}")
+        if not isinstance(entry["config"], dict):
+            raise ValueError(f"shg_fast/{TABLE_PATH}: entry {i} config must be an object")
+    return tuple(data["entries"])
+
+
+def lookup(op: str, shape: str, dtype: torch.dtype, batch: int, device_name: str,
+           table: tuple[dict, ...] | None = None) -> Tactic | None:
+    """The first table entry for this step (``None`` when there is none); see the module docstring."""
+    name = dtype_name(dtype)
+    for entry in load_table() if table is None else table:
+        if (entry["op"] == op and entry["shape"] == shape and entry["dtype"] in ("*", name)
+                and entry["batch"] in ("*", batch) and entry.get("device", "") in device_name):
+            return Tactic(entry["backend"], f"table: {entry['reason']}", dict(entry["config"]))
+    return None
