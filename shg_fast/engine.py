@@ -341,12 +341,16 @@ class _Builder:
         if self.choice.cpu_runner:
             self.cpu = plan_module.CpuConvs(settings.winograd)
         if self.choice.gpu_engine:
-            from .kernels.conv_bn_relu import conv_block_sizes, conv_bn_relu_kernel
+            from .kernels.conv_bn_relu import (H200_SMS, REDUCE_BLOCK, conv_bn_relu_kernel, conv_config,
+                                               conv_split_k_reduce_kernel)
             from .kernels.decode_heatmaps import decode_block_size, decode_heatmaps_kernel
 
-            self.conv_block_sizes, self.decode_block_size = conv_block_sizes, decode_block_size
+            self.conv_config, self.decode_block_size, self.reduce_block = conv_config, decode_block_size, REDUCE_BLOCK
+            self.sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
+                        if self.device.type == "cuda" else H200_SMS)
             rec = self.recorder
             self.conv_kernel = rec.kernel("triton.conv_bn_relu") if rec else conv_bn_relu_kernel
+            self.reduce_kernel = rec.kernel("triton.conv_split_k_reduce") if rec else conv_split_k_reduce_kernel
             self.decode_kernel = rec.kernel("triton.decode_heatmaps") if rec else decode_heatmaps_kernel
 
     # -- registers -----------------------------------------------------------------------------
@@ -376,7 +380,7 @@ class _Builder:
         if self.choice.gpu_engine:
             tactic = self.choice.table("conv", key) if self.choice.triton_ok else None
             if tactic is None and self.choice.triton_ok:
-                tactic = Tactic("triton", "default rule: implicit-GEMM Triton conv, conv_block_sizes heuristic")
+                tactic = Tactic("triton", "default rule: implicit-GEMM Triton conv, conv_config tiles and split-K")
             if tactic is not None:
                 self._triton_conv(name, key, tactic, x, w, b, stride, pad, relu, residual, x2, in_scale, in_shift,
                                   upsample, out_reg, contiguous_out)
@@ -395,42 +399,50 @@ class _Builder:
         c2 = 0 if x2 is None else specs[x2][0][1]
         out_shape, _ = specs[out_reg]
         cout, oh, ow = out_shape[1:]
-        cfg = dict(self.conv_block_sizes(n * oh * ow, c1 + c2, cout, w.element_size()))
+        m = n * oh * ow
+        cfg = self.conv_config(m, c1, c2, cout, w.shape[2], w.shape[3], w.element_size(), self.settings.tf32,
+                               self.sms)
         cfg.update(tactic.config)
         tactic = dataclasses.replace(tactic, config=cfg)
+        split = cfg["SPLIT_K"]
         strides = {r: _spec_strides(specs[r]) for r in (x, x2, residual, upsample, out_reg) if r is not None}
         _check_offsets(f"{name} triton conv", {f"register {r}": (specs[r][0], st) for r, st in strides.items()}
                        | {"weight": (w.shape, w.stride())})
-        grid = (-(-n * oh * ow // cfg["BLOCK_M"]), -(-cout // cfg["BLOCK_N"]))
-        ints = (n, c1, c2, h, wd, cout, oh, ow, stride, pad, *strides[x],
-                *strides[x if x2 is None else x2], *w.stride(),
-                *strides[x if residual is None else residual], *strides[x if upsample is None else upsample],
-                *strides[out_reg])
+        tiles = -(-m // cfg["BLOCK_M"]) * -(-cout // cfg["BLOCK_N"])
+        # Split-K partial sums: one float32 buffer per step, allocated once (a program runs on one stream).
+        part = torch.empty((split, m, cout), dtype=torch.float32, device=self.device) if split > 1 else None
+        sizes = (n, c1, c2, h, wd, cout, oh, ow)
+        res_strides = strides[x if residual is None else residual]
+        up_strides = strides[x if upsample is None else upsample]
+        ints = (*sizes, stride, pad, *strides[x], *strides[x if x2 is None else x2], *w.stride(),
+                *res_strides, *up_strides, *strides[out_reg])
+        flags = (b is not None, relu, residual is not None, upsample is not None)
         # The kernel's constexprs in signature order, passed positionally (keyword arguments cost more per call).
         consts = (w.shape[2], w.shape[3], x2 is not None, b is not None, in_scale is not None, in_shift is not None,
                   in_scale is not None, relu, residual is not None, upsample is not None, self.settings.tf32,
-                  cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])
+                  cfg["PACK_TAPS"], split, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])
         args = ints + consts
         opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
-        launch = self.conv_kernel[grid]
+        launch = self.conv_kernel[(tiles, split)]
+        reduce_m, reduce_n = self.reduce_block
+        reduce = self.reduce_kernel[(-(-m // reduce_m) * -(-cout // reduce_n),)]
+        reduce_args = (m, cout, oh, ow, *res_strides, *up_strides, *strides[out_reg], *flags, split, reduce_m, reduce_n)
         # Absent optional tensors are never read (their HAS_* flag is off): x stands in for them.
         ix2, ires, iup = (x if r is None else r for r in (x2, residual, upsample))
         bias, scale, shift = (w if t is None else t for t in (b, in_scale, in_shift))
 
         def make(buf):
-            if buf is None:  # written into the per-call output the program allocates
-                def run(env):
-                    xt = env[x]
-                    launch(xt, env[ix2], w, bias, scale, shift, env[ires], env[iup], env[out_reg], *args, **opts)
-            else:
-                def run(env):
-                    xt = env[x]
-                    launch(xt, env[ix2], w, bias, scale, shift, env[ires], env[iup], buf, *args, **opts)
-                    env[out_reg] = buf
+            def run(env):
+                out = env[out_reg] if buf is None else buf  # None: the per-call output the program allocates
+                launch(env[x], env[ix2], w, bias, scale, shift, env[ires], env[iup], out,
+                       out if part is None else part, *args, **opts)
+                if part is not None:  # deterministic sum of the partials, then the epilogue once
+                    reduce(part, bias, env[ires], env[iup], out, *reduce_args, num_warps=4)
+                env[out_reg] = out
             return run
 
         ins = [r for r in (x, x2, residual, upsample) if r is not None]
-        step = Step(name, "conv", key, tactic, 1)
+        step = Step(name, "conv", key, tactic, 1 if split == 1 else 2)
         self.add(step, ins, out_reg, make, None if contiguous_out else specs[out_reg])
 
     def _cpu_conv(self, name, key, x, w, b, stride, pad, relu, residual, out_reg, contiguous_out):
@@ -657,6 +669,7 @@ class _Builder:
         strides = torch.empty((2 * n if flip else n, k, h, w), device="meta").stride()
         perm_t = torch.tensor(perm, dtype=torch.int32, device=self.device)  # on the device once
         block = self.decode_block_size(h, w)
+        flat = strides[3] == 1 and strides[2] == w  # row-major maps: the kernel's flat offsets
         launch = self.decode_kernel[(n * k,)]
         f32 = dict(dtype=torch.float32, device=self.device)
         tactic = Tactic("triton", "default rule: Triton decode, flip permutation stored on the device",
@@ -667,7 +680,7 @@ class _Builder:
             def run(env):
                 hm = env[heatmaps]
                 out_c, out_m = torch.empty((n, k, 2), **f32), torch.empty((n, k), **f32)
-                launch(hm, hm[n:] if flip else hm, perm_t, out_c, out_m, k, h, w, *strides, *strides, flip, block)
+                launch(hm, hm[n:] if flip else hm, perm_t, out_c, out_m, k, h, w, *strides, *strides, flip, flat, block)
                 env[coords], env[maxvals] = out_c, out_m
             return run
 

@@ -23,7 +23,7 @@ The table is ``shg_fast/assets/tactics.json``::
 * ``backend``: ``cuda`` (the whole-block CUDA kernel; ``residual_block`` only), ``triton``
   (``conv`` and ``residual_block`` as implicit-GEMM convs, ``decode``), or ``aten``
   (``max_pool``). ``config`` is the backend's launch configuration: for ``triton`` convs the
-  keys of :func:`shg_fast.kernels.conv_bn_relu.conv_block_sizes` (``BLOCK_M``, ``BLOCK_N``,
+  keys of :func:`shg_fast.kernels.conv_bn_relu.conv_config` (``BLOCK_M``, ``BLOCK_N``,
   ``BLOCK_K``, ``num_warps``, ``num_stages``; missing keys take the heuristic's value); ``cuda``
   and ``aten`` take none. ``reason`` says where the entry comes from (a measurement, a kernel
   analysis); it is shown next to the step.
@@ -33,7 +33,7 @@ Default rule (no entry, or the entry's backend cannot run here):
 
 * CUDA devices: a residual block runs on ``cuda`` (one launch) when the extension has CUDA
   kernels and the block's shared memory fits the device, else on ``triton`` (three convs), else
-  on the ``reference`` ops; a conv runs on ``triton`` with the ``conv_block_sizes`` heuristic,
+  on the ``reference`` ops; a conv runs on ``triton`` with the ``conv_config`` rule,
   else ``reference``; a max-pool on ``aten``; the decode on ``triton``, else ``cuda``.
 * CPU, float32, ``auto`` backend and oneDNN present: the ``mkldnn`` tactics of the CPU runner
   (prepacked oneDNN convs with fused ReLU/add, 3x3 convs by ``winograd`` on maps of 8x8 and

@@ -227,7 +227,7 @@ def test_info_plan_lists_steps_with_tactics():
         assert main(["info", "--plan", "--plan-device", "recorded-gpu", "--stacks", "2", "--dtype", "float16"]) == 0
     text = out.getvalue()
     assert "46 GPU kernel launches" in text
-    assert "whole-block CUDA kernel" in text and "conv_block_sizes heuristic" in text
+    assert "whole-block CUDA kernel" in text and "conv_config tiles and split-K" in text
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["info", "--plan", "--plan-device", "cpu", "--stacks", "1", "--size", "64"]) == 0
