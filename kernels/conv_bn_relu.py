@@ -46,7 +46,7 @@ def _accumulate_channels(
             if HAS_SHIFT:
                 a = a + tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
             if IN_RELU:
-                a = tl.maximum(a, 0.0)
+                a = tl.maximum(a, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
             # Padding (and out-of-range rows/channels) must stay zero after the affine.
             a = tl.where(a_mask, a, 0.0)
         b = tl.load(w_ptr + offs_n[None, :] * stride_wo + c[:, None] * stride_wc,
@@ -113,7 +113,7 @@ def conv_bn_relu_kernel(
     if HAS_BIAS:
         acc = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if OUT_RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)
     mask = m_ok[:, None] & n_ok[None, :]
     if HAS_RESIDUAL:
         r_off = (n * sr_n + oh * sr_h + ow * sr_w)[:, None] + offs_n[None, :] * sr_c

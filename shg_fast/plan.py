@@ -14,7 +14,8 @@ or the drop-in :class:`shg_fast.StackedHourglass`, BatchNorm or SyncBatchNorm) a
 :meth:`FusedPlan.__call__` runs the plan with the public ops of :mod:`shg_fast.ops`, so the
 best backend for the tensors' device is picked per call (``auto``), activations channels_last.
 float32 CPU plans under ``auto`` run on oneDNN instead (:class:`_MkldnnRunner`: prepacked
-weights, ReLU and residual adds as conv post-ops, the BN-ReLU prologue as one clamp pass,
+weights, residual adds as conv post-ops (ReLU as a separate pass: oneDNN's ReLU post-op turns
+NaN into 0), the BN-ReLU prologue as one clamp pass,
 the C++ ``upsample_add``, and the 3x3 convs by the C++ Winograd F(4x4, 3x3) kernel unless
 ``SHG_FAST_WINOGRAD=0``), as no fused CPU conv kernel exists; :func:`mkldnn_runner_reasons`
 says why it is not used, ``FusedPlan.info()["runner"]`` which runner a call takes.
@@ -185,7 +186,7 @@ def winograd_enabled() -> bool:
 
 
 class _MkldnnRunner(_OpsRunner):
-    """float32 CPU: oneDNN convolutions with weights prepacked once per plan, ReLU/add fused.
+    """float32 CPU: oneDNN convolutions with weights prepacked once per plan, the add fused, NaN kept.
 
     The add of a residual (and of the upsampled lower branch, added into it beforehand by the
     C++ upsample_add) is a post-op of the conv producing the block's output.
@@ -216,8 +217,9 @@ class _MkldnnRunner(_OpsRunner):
         if add is not None:
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 x, add, entry[1], b, pad, [stride] * 2, [1, 1], 1, "add", 1.0, None, [], None)
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, entry[1], b, pad, [stride] * 2, [1, 1], 1, "relu" if relu else "none", [], "")
+        # ReLU as a separate ATen pass: oneDNN's fused ReLU post-op maps NaN to 0 (a silent wrong result).
+        y = torch.ops.mkldnn._convolution_pointwise(x, entry[1], b, pad, [stride] * 2, [1, 1], 1, "none", [], "")
+        return y.relu_() if relu else y
 
     def stem(self, x, w, b):
         return self._conv(x, w, b, stride=2, padding=3, relu=True)
