@@ -183,7 +183,8 @@ def train(args: argparse.Namespace) -> dict:
                 outputs = net(batch["input"].to(device))
             loss = stacked_mse(outputs, batch["target"].to(device))
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+                raise FloatingPointError(f"training diverged: the loss is {loss.item()} at step {step + 1} (epoch "
+                                         f"{epoch + 1}); try a lower --lr than {args.lr:g}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -202,7 +203,8 @@ def train(args: argparse.Namespace) -> dict:
         if main:
             save_checkpoint(out / "last.pt", model, config, optimizer=optimizer.state_dict(),
                             epoch=epoch + 1, history=history)
-            (out / "history.json").write_text(json.dumps(history, indent=1))
+            (out / "history.json.tmp").write_text(json.dumps(history, indent=1))
+            os.replace(out / "history.json.tmp", out / "history.json")  # never a half-written file
     if ddp:
         torch.distributed.destroy_process_group()
     return history
