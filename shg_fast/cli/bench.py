@@ -46,7 +46,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"untimed calls before each timing ({defaults('warmup')})")
     p.add_argument("--repeats", type=_args.int_in(1, MAX_CALLS),
                    help=f"timed calls, median reported ({defaults('repeats')})")
-    p.add_argument("--quick", action="store_true", help="a short smoke run (fewer batches and calls)")
+    quick = default_config("cpu", quick=True)
+    p.add_argument("--quick", action="store_true",
+                   help=f"a short smoke run: fewer batches and calls (on a CPU: {quick.stacks} stack, "
+                        f"{quick.size}x{quick.size}, batch {joined(quick.batches)}, {quick.repeats} timed calls)")
     p.add_argument("--json", metavar="FILE", type=_args.output_file(), help="write the full report as JSON")
     p.add_argument("--markdown", metavar="FILE", type=_args.output_file(),
                    help="write machine, versions and the table as Markdown")
