@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["CLIError", "Parser", "int_in", "float_in", "device", "input_file", "checkpoint_file", "output_file",
-           "output_dir", "retype", "check_device", "check_backend_env", "check_matplotlib", "atomic_path",
+__all__ = ["CLIError", "Parser", "int_in", "float_in", "device", "input_file", "input_dir", "checkpoint_file",
+           "output_file", "output_dir", "retype", "check_device", "check_backend_env", "check_matplotlib", "atomic_path",
            "write_text", "IMAGE_SUFFIXES"]
 
 #: Formats matplotlib writes without extra packages (for --plot / --curve).

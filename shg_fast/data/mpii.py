@@ -26,7 +26,8 @@ from ..pose.pckh import read_h5
 from ..pose.targets import render_heatmaps
 from ..pose.transforms import crop, to_input, transform_points
 
-__all__ = ["MPIIDataset", "TruncatedImageWarning", "jpeg_is_truncated", "read_image_rgb", "augment_params", "flip_sample"]
+__all__ = ["MPIIDataset", "TruncatedImageWarning", "jpeg_is_truncated", "read_image_rgb", "augment_params",
+           "flip_sample"]
 
 REQUIRED_KEYS = ("part", "center", "scale", "normalize")
 ROTATION, SCALE_RANGE, COLOR_RANGE = 30.0, (0.75, 1.25), (0.8, 1.2)
