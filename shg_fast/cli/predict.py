@@ -26,7 +26,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="image files (anything OpenCV reads)")
     p.add_argument("--out", required=True, type=_args.output_dir, help="output folder (created if missing)")
     p.add_argument("--center", nargs=2, type=_args.float_in(-MAX_PIXELS, MAX_PIXELS), metavar=("X", "Y"),
-                   help="person centre, 0-based pixels")
+                   help=f"person centre, 0-based pixels (each within +-{MAX_PIXELS:g})")
     p.add_argument("--scale", type=_args.float_in(*SCALE_RANGE),
                    help=f"person scale: crop side / 200 px, in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}]")
     p.add_argument("--checkpoint", type=_args.checkpoint_file,
