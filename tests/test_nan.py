@@ -24,6 +24,9 @@ from .test_validation import _block
 
 NAN, INF = float("nan"), float("inf")
 
+# NaN arithmetic is the point here: numpy (the Triton interpreter) warns about it.
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
 
 def _cpu_and_triton(op) -> list:
     """Every backend of ``op`` that runs CPU tensors here: reference, C++ and Triton (in the interpreter)."""
