@@ -46,7 +46,7 @@ def _epilogue_store(
     if HAS_BIAS:
         acc = acc + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if OUT_RELU:
-        acc = tl.maximum(acc, 0.0)
+        acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     mask = m_ok[:, None] & n_ok[None, :]
     if HAS_RESIDUAL:
         r_off = (n * sr_n + oh * sr_h + ow * sr_w)[:, None] + offs_n[None, :] * sr_c
@@ -167,7 +167,7 @@ def conv_bn_relu_kernel(
             if HAS_SHIFT:
                 t = t + tl.load(shift_ptr + c, mask=p_ok, other=0.0).to(tl.float32)[None, :]
             if IN_RELU:
-                t = tl.maximum(t, 0.0)
+                t = tl.maximum(t, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
             if HAS_X2:  # the second input has no prologue
                 t = tl.where(first, t, a.to(tl.float32))
             a = tl.where(a_mask, t, 0.0)  # padding and out-of-range entries stay zero

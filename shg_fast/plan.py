@@ -14,7 +14,8 @@ or the drop-in :class:`shg_fast.StackedHourglass`, BatchNorm or SyncBatchNorm) a
 :meth:`FusedPlan.__call__` runs the :class:`~shg_fast.engine.Program` built for the input's
 shape (:mod:`shg_fast.engine`: tactics chosen once, weights in each kernel's layout, no per-call
 backend choice). Its float32 CPU tactics are :class:`CpuConvs`: oneDNN convolutions with
-prepacked weights, ReLU and residual adds as conv post-ops, the BN-ReLU prologue as one clamp
+prepacked weights, residual adds as conv post-ops (ReLU as a separate in-place pass: oneDNN's ReLU
+post-op turns NaN into 0), the BN-ReLU prologue as one clamp
 pass, the C++ ``upsample_add``, and the 3x3 convs by the C++ Winograd F(4x4, 3x3) kernel unless
 ``SHG_FAST_WINOGRAD=0``; :func:`mkldnn_runner_reasons` says why they are not used,
 ``FusedPlan.info()["runner"]`` which runner a call takes. Under ``torch.compile`` the plan runs
@@ -181,8 +182,8 @@ _OPS_RUNNER = _OpsRunner()
 def mkldnn_runner_reasons() -> list[str]:
     """Why float32 CPU plans cannot run on the oneDNN runner here (empty when they do).
 
-    The runner is the CPU path of ``auto``: convolutions with prepacked weights and fused ReLU
-    or add (``torch.ops.mkldnn._convolution_pointwise``), the C++ ``upsample_add``. A forced
+    The runner is the CPU path of ``auto``: convolutions with prepacked weights and a fused add
+    (``torch.ops.mkldnn._convolution_pointwise``), the C++ ``upsample_add``. A forced
     backend (``SHG_FAST_BACKEND``) makes the plan run the public ops instead.
     """
     reasons = []
@@ -210,7 +211,7 @@ def winograd_enabled() -> bool:
 
 
 class CpuConvs:
-    """float32 CPU tactics: oneDNN convolutions with weights prepacked once, ReLU/add fused.
+    """float32 CPU tactics: oneDNN convolutions with weights prepacked once, the add fused, NaN kept.
 
     The CPU runner of the engine (:mod:`shg_fast.engine`): :meth:`conv` and :meth:`block`
     decide, once per program, how each conv runs (Winograd, ATen or prepacked oneDNN) and return
@@ -242,13 +243,17 @@ class CpuConvs:
             return ((lambda x: F.conv2d(x, w, b).relu_()) if relu else (lambda x: F.conv2d(x, w, b))), tactic
         packed = torch.ops.mkldnn._reorder_convolution_weight(w, pad, [stride] * 2, [1, 1], 1, list(x_shape))
         tactic = Tactic("mkldnn", "oneDNN conv, weights prepacked for this input shape, "
-                        + ("add" if add else "ReLU" if relu else "bias") + " fused")
+                        + ("add fused" if add else "then ReLU in place" if relu else "bias fused"))
         if add:
             return (lambda x, a: torch.ops.mkldnn._convolution_pointwise.binary(
                 x, a, packed, b, pad, [stride] * 2, [1, 1], 1, "add", 1.0, None, [], None)), tactic
-        attr = "relu" if relu else "none"
-        return (lambda x: torch.ops.mkldnn._convolution_pointwise(
-            x, packed, b, pad, [stride] * 2, [1, 1], 1, attr, [], "")), tactic
+
+        def conv(x):
+            y = torch.ops.mkldnn._convolution_pointwise(x, packed, b, pad, [stride] * 2, [1, 1], 1, "none", [], "")
+            # ReLU as a separate ATen pass: oneDNN's fused ReLU post-op maps NaN to 0 (a silent wrong result).
+            return y.relu_() if relu else y
+
+        return conv, tactic
 
     def block(self, block: FoldedResidual, x_shape, upsample: bool) -> tuple[Callable, Tactic]:
         """``f(x)`` (``f(x, low)`` with ``upsample``) running one residual block, and its tactic."""

@@ -42,10 +42,10 @@ def test_conv_macs_scale_with_area_and_stacks():
     (["--dtype", "tf32", "--device", "cpu"], "tf32 needs a CUDA device"),
     (["--variants", "reference,slow"], "unknown variant ['slow']"),
     (["--size", "100"], "size must be a positive multiple of 64"),
-    (["--stacks", "0"], "stacks must be an integer >= 1"),
-    (["--repeats", "0"], "repeats must be an integer >= 1"),
+    (["--stacks", "0"], "argument --stacks: expected an integer from 1 to 64"),
+    (["--repeats", "0"], "argument --repeats: expected an integer from 1 to"),
     (["--device", "tpu"], "--device must be auto, cpu or cuda"),
-    (["--json", "/nonexistent-dir/r.json"], "directory /nonexistent-dir does not exist"),
+    (["--json", "/nonexistent-dir/r.json"], "(/nonexistent-dir) does not exist"),
 ])
 def test_bad_options_give_one_line_errors(argv, message, capsys):
     device = [] if "--device" in argv else ["--device", "cpu"]

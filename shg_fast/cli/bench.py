@@ -8,33 +8,53 @@ or disagrees with the reference.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import sys
 
-from . import CLIError
+from . import _args
+from ._args import CLIError
+
+#: Upper bounds of the sizes, checked before anything is built.
+MAX_STACKS, MAX_SIZE, MAX_BATCH, MAX_CALLS = 64, 2048, 4096, 100_000
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
+    from shg_fast.benchmarking import default_config
+
+    gpu, cpu = default_config("cuda"), default_config("cpu")
+
+    def defaults(key: str, fmt=str) -> str:
+        return f"default: {fmt(getattr(gpu, key))} on a GPU, {fmt(getattr(cpu, key))} on a CPU"
+
+    def joined(values) -> str:
+        return ",".join(map(str, values))
+
     p = sub.add_parser(
         "bench", help="time the reference and fast models side by side on this machine",
         description="Time reference, fast, torch.compile and CUDA-graph variants of the model on the best "
                     "device present; check their outputs agree; compare with the paper's 75 ms/image.",
     )
     p.add_argument("--device", default="auto", help="auto (GPU if present, else CPU), cpu or cuda")
-    p.add_argument("--stacks", type=int, help="hourglass stacks (default: 8 on a GPU, 1 on a CPU)")
-    p.add_argument("--size", type=int, help="input height and width, a multiple of 64 (default 256)")
-    p.add_argument("--batch", help="batch sizes, comma-separated (default: 1,8,32,64 on a GPU, 1,4 on a CPU)")
-    p.add_argument("--dtype", help="dtypes from fp32, tf32, bf16, comma-separated (default: all on a GPU, fp32 on a CPU)")
+    p.add_argument("--stacks", type=_args.int_in(1, MAX_STACKS), help=f"hourglass stacks ({defaults('stacks')})")
+    p.add_argument("--size", type=_args.int_in(64, MAX_SIZE),
+                   help=f"input height and width, a multiple of 64 up to {MAX_SIZE} ({defaults('size')})")
+    p.add_argument("--batch", help=f"batch sizes, comma-separated, each 1..{MAX_BATCH} ({defaults('batches', joined)})")
+    p.add_argument("--dtype", help=f"dtypes from fp32, tf32, bf16, comma-separated ({defaults('dtypes', joined)})")
     p.add_argument("--variants", help="from reference, fast, compile, cuda_graph, comma-separated "
-                                      "(default: all on a GPU, reference,fast on a CPU)")
-    p.add_argument("--warmup", type=int, help="untimed calls before each timing (default: 10 GPU, 1 CPU)")
-    p.add_argument("--repeats", type=int, help="timed calls, median reported (default: 50 GPU, 3 CPU)")
-    p.add_argument("--quick", action="store_true", help="a short smoke run (fewer batches and calls)")
-    p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
-    p.add_argument("--markdown", metavar="FILE", help="write machine, versions and the table as Markdown")
-    p.add_argument("--plot", metavar="FILE.png", help="draw ms/image by batch size (needs matplotlib)")
+                                      f"({defaults('variants', joined)})")
+    p.add_argument("--warmup", type=_args.int_in(0, MAX_CALLS),
+                   help=f"untimed calls before each timing ({defaults('warmup')})")
+    p.add_argument("--repeats", type=_args.int_in(1, MAX_CALLS),
+                   help=f"timed calls, median reported ({defaults('repeats')})")
+    quick = default_config("cpu", quick=True)
+    p.add_argument("--quick", action="store_true",
+                   help=f"a short smoke run: fewer batches and calls (on a CPU: {quick.stacks} stack, "
+                        f"{quick.size}x{quick.size}, batch {joined(quick.batches)}, {quick.repeats} timed calls)")
+    p.add_argument("--json", metavar="FILE", type=_args.output_file(), help="write the full report as JSON")
+    p.add_argument("--markdown", metavar="FILE", type=_args.output_file(),
+                   help="write machine, versions and the table as Markdown")
+    p.add_argument("--plot", metavar="FILE.png", type=_args.output_file(_args.IMAGE_SUFFIXES),
+                   help="draw ms/image by batch size (needs matplotlib)")
     return p
 
 
@@ -45,6 +65,8 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
         raise CLIError(f"{option} expects comma-separated integers, got {text!r}") from None
     if any(v < 1 for v in values):
         raise CLIError(f"{option} values must be positive, got {text!r}")
+    if any(v > MAX_BATCH for v in values):
+        raise CLIError(f"{option} values must be at most {MAX_BATCH}, got {text!r}")
     return values
 
 
@@ -60,15 +82,8 @@ def _device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name not in ("cpu", "cuda"):
         raise CLIError(f"--device must be auto, cpu or cuda, got {name!r}")
+    _args.check_device(name)
     return name
-
-
-def _check_output_path(path: str | None, option: str) -> None:
-    if path is None:
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise CLIError(f"{option} {path}: directory {parent} does not exist")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -89,32 +104,34 @@ def config_from_args(args: argparse.Namespace):
         config.validate()
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    for path, option in ((args.json, "--json"), (args.markdown, "--markdown"), (args.plot, "--plot")):
-        _check_output_path(path, option)
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        raise CLIError("--plot needs matplotlib (pip install matplotlib)")
     return config
+
+
+def check(args: argparse.Namespace) -> None:
+    """The options make a valid run on a device present here; --plot has matplotlib (output paths: option types)."""
+    args.config = config_from_args(args)
+    if args.plot:
+        _args.check_matplotlib("--plot")
 
 
 def run(args: argparse.Namespace) -> int:
     from shg_fast import benchmarking
 
-    config = config_from_args(args)
+    config = args.config
     print(f"shg-fast bench: {config.device}, {config.stacks} stack(s), {config.size}x{config.size}, "
           f"batch {','.join(map(str, config.batches))}, {','.join(config.dtypes)}, "
           f"variants {','.join(config.variants)}")
     report = benchmarking.run_benchmark(config, progress=True)
     print("\n".join(benchmarking.format_markdown(report).splitlines()[2:]))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        _args.write_text(args.json, json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as f:
-            f.write(benchmarking.format_markdown(report))
+        _args.write_text(args.markdown, benchmarking.format_markdown(report))
         print(f"wrote {args.markdown}")
     if args.plot:
-        benchmarking.plot_report(report, args.plot)
+        with _args.atomic_path(args.plot) as tmp:
+            benchmarking.plot_report(report, tmp)
         print(f"wrote {args.plot}")
     disagree = [r for r in report["results"] if not r["agrees"]]
     if report["errors"] or disagree:

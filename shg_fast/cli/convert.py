@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import argparse
 
-from . import CLIError
+from . import _args
+from ._args import CLIError
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from shg_fast.convert import SOURCES
 
     p = sub.add_parser("convert", help="convert a checkpoint of another Stacked Hourglass port to shg_fast's")
-    p.add_argument("input", metavar="IN", help="checkpoint file (princeton-vl, bearpaw, anibali or shg_fast)")
-    p.add_argument("output", metavar="OUT", help="where to write the shg_fast checkpoint (weights + model config)")
+    p.add_argument("input", metavar="IN", type=_args.checkpoint_file,
+                   help="checkpoint file (princeton-vl, bearpaw, anibali or shg_fast)")
+    p.add_argument("output", metavar="OUT", type=_args.output_file(),
+                   help="where to write the shg_fast checkpoint (weights + model config); its folder must exist")
     p.add_argument("--source", default="auto", choices=("auto",) + SOURCES,
                    help="layout of IN (default: detect from its key names)")
     return p
+
+
+def check(args: argparse.Namespace) -> None:
+    """Everything is checked by the option types (IN a torch.save file, OUT's folder writable)."""
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import shutil
 import subprocess
 
@@ -54,6 +55,10 @@ def plan_lines(device: str = "auto", batch: int = 1, size: int = 256, dtype: str
     model = StackedHourglass(num_stacks=stacks).eval()
     plan = model.fused_plan().to(device=device, dtype=getattr(torch, PLAN_DTYPES[dtype]))
     return build_program(plan, batch, size, size, caps=caps).describe()
+
+
+def check(args: argparse.Namespace) -> None:
+    """Nothing to check: info reports problems (an invalid ``$SHG_FAST_BACKEND``) instead of failing."""
 
 
 def _version(dist: str) -> str:
@@ -114,8 +119,15 @@ def info_lines() -> list[str]:
     if module is not None:
         cuda_kernels = _extension.has_kernel("upsample_add", "CUDA")
         lines.append(f"              CUDA kernels {'built' if cuda_kernels else 'not built'}")
-    lines.append(f"backend env   {backends.ENV_VAR}={__import__('os').environ.get(backends.ENV_VAR, '(unset: auto)')}")
-    lines.append(f"cpu runner    {_cpu_runner()}")
+    env = f"{backends.ENV_VAR}={os.environ.get(backends.ENV_VAR, '(unset: auto)')}"
+    try:
+        backends.requested_backend()
+    except ValueError as exc:
+        lines.append(f"backend env   {env}: INVALID, every other command refuses to run ({exc})")
+        lines.append(f"cpu runner    unknown until {backends.ENV_VAR} is fixed")
+    else:
+        lines.append(f"backend env   {env}")
+        lines.append(f"cpu runner    {_cpu_runner()}")
     for device in ("cpu", "cuda"):
         lines.append(f"backends for {device} tensors:")
         for name, reasons in backends.backend_status(device).items():

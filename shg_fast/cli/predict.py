@@ -6,7 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from . import CLIError
+from . import _args
+from ._args import CLIError
+
+#: Bounds of --scale (crop side / 200 px: 1 px to 200,000 px) and of the --center coordinates.
+SCALE_RANGE = (0.005, 1000.0)
+MAX_PIXELS = 1e6
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -17,16 +22,33 @@ def add_parser(sub) -> argparse.ArgumentParser:
                                    "centre, and a scale that fits the whole image), runs the model, "
                                    "decodes the joints to image coordinates, and writes IMAGE_pose.png "
                                    "(skeleton drawn) and IMAGE.json into --out.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything OpenCV reads)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--center", nargs=2, type=float, metavar=("X", "Y"), help="person centre, 0-based pixels")
-    p.add_argument("--scale", type=float, help="person scale: crop side / 200 px")
-    p.add_argument("--checkpoint", help="checkpoint (.pt); default: the shipped synthetic-data model")
+    p.add_argument("images", nargs="+", metavar="IMAGE", type=_args.input_file,
+                   help="image files (anything OpenCV reads)")
+    p.add_argument("--out", required=True, type=_args.output_dir, help="output folder (created if missing)")
+    p.add_argument("--center", nargs=2, type=_args.float_in(-MAX_PIXELS, MAX_PIXELS), metavar=("X", "Y"),
+                   help=f"person centre, 0-based pixels (each within +-{MAX_PIXELS:g})")
+    p.add_argument("--scale", type=_args.float_in(*SCALE_RANGE),
+                   help=f"person scale: crop side / 200 px, in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}]")
+    p.add_argument("--checkpoint", type=_args.checkpoint_file,
+                   help="checkpoint (.pt); default: the shipped synthetic-data model")
     p.add_argument("--model", choices=MODEL_KINDS, default="fast", help="implementation (default fast)")
     p.add_argument("--flip", action="store_true", help="flip test: average with the mirrored image")
     p.add_argument("--heatmaps", action="store_true", help="also write IMAGE_heatmaps.png (a grid)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=_args.device, default=None, help="cpu or cuda (default: cuda when available)")
     return p
+
+
+def check(args: argparse.Namespace) -> None:
+    """The device is present, and every image can be decoded (read here, before the model loads)."""
+    from ..data.mpii import read_image_rgb
+
+    _args.check_device(args.device)
+    args.loaded = []
+    for name in args.images:
+        try:
+            args.loaded.append((Path(name), read_image_rgb(name)))
+        except (FileNotFoundError, ValueError) as exc:
+            raise CLIError(str(exc)) from None
 
 
 def _load_model(args):
@@ -51,28 +73,16 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..data.mpii import read_image_rgb
     from ..pose import drawing
     from ..pose.decode import predict_joints
     from ..pose.joints import MPII_JOINTS
     from ..pose.transforms import SCALE_UNIT, crop, to_input
 
-    if args.scale is not None and not args.scale > 0:
-        raise CLIError(f"--scale must be positive, got {args.scale}")
-    images = []
-    for name in args.images:
-        try:
-            images.append((Path(name), read_image_rgb(name)))
-        except (FileNotFoundError, ValueError) as exc:
-            raise CLIError(str(exc)) from exc
     model, ckpt, ckpt_path, device = _load_model(args)
     res = int(ckpt["config"].get("res", 256))
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CLIError(f"cannot create --out {out}: {exc}") from exc
-    for path, image in images:
+    out.mkdir(parents=True, exist_ok=True)
+    for path, image in args.loaded:
         h, w = image.shape[:2]
         center = np.array(args.center if args.center else ((w - 1) / 2, (h - 1) / 2))
         scale = args.scale if args.scale else max(h, w) / SCALE_UNIT
@@ -93,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         if args.heatmaps:
             grid = drawing.heatmap_grid(patch, heatmaps[0].float().cpu().numpy())
             _write_png(stem.with_name(stem.name + "_heatmaps.png"), grid)
-        stem.with_name(stem.name + ".json").write_text(json.dumps(result, indent=1))
+        _args.write_text(stem.with_name(stem.name + ".json"), json.dumps(result, indent=1))
         print(f"{path}: wrote {stem}_pose.png and {stem.name}.json")
     return 0
 
@@ -101,5 +111,6 @@ def run(args: argparse.Namespace) -> int:
 def _write_png(path: Path, rgb) -> None:
     import cv2
 
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise CLIError(f"cannot write {path}")
+    with _args.atomic_path(path) as tmp:
+        if not cv2.imwrite(tmp, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise CLIError(f"cannot write {path} (OpenCV's imwrite failed)", status=1)

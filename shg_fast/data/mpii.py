@@ -13,6 +13,7 @@ channel multiplied by a factor uniform in 0.8-1.2).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -25,19 +26,44 @@ from ..pose.pckh import read_h5
 from ..pose.targets import render_heatmaps
 from ..pose.transforms import crop, to_input, transform_points
 
-__all__ = ["MPIIDataset", "read_image_rgb", "augment_params", "flip_sample"]
+__all__ = ["MPIIDataset", "TruncatedImageWarning", "jpeg_is_truncated", "read_image_rgb", "augment_params",
+           "flip_sample"]
 
 REQUIRED_KEYS = ("part", "center", "scale", "normalize")
 ROTATION, SCALE_RANGE, COLOR_RANGE = 30.0, (0.75, 1.25), (0.8, 1.2)
 
 
+class TruncatedImageWarning(UserWarning):
+    """An image file ends early: OpenCV decodes what is there and fills the rest with grey."""
+
+
+def jpeg_is_truncated(path: str | os.PathLike) -> bool:
+    """True for a JPEG file (starting with the SOI marker) that does not end with the EOI marker
+    ``FF D9`` (trailing zero or blank padding allowed): the file was cut short."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+        return not f.read().rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9")
+
+
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3); FileNotFoundError / ValueError when it cannot be read."""
+    """An image file as RGB uint8 (H, W, 3).
+
+    FileNotFoundError when ``path`` is missing, ValueError when it is a folder or not an image
+    OpenCV can decode; a :class:`TruncatedImageWarning` for a JPEG cut short (OpenCV fills the
+    missing part with grey).
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not an image file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path}")
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"cannot read image {path} (not an image OpenCV can decode)")
+    if jpeg_is_truncated(path):
+        warnings.warn(f"{path}: the JPEG data ends early (truncated file?); the missing part is filled with grey",
+                      TruncatedImageWarning, stacklevel=2)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

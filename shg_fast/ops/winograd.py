@@ -99,10 +99,15 @@ def winograd_conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor
         relu: apply ReLU after the bias.
 
     Returns ``(N, C_out, H, W)``, channels_last exactly when ``x`` is channels_last (and not
-    also contiguous). Raises :class:`~shg_fast.backends.BackendUnavailableError` without the
-    extension.
+    also contiguous); NaN/Inf propagate as in the twin (a non-finite input pixel makes the 4x4
+    output tiles whose 6x6 input tiles hold it non-finite). Raises
+    :class:`~shg_fast.backends.BackendUnavailableError` without the extension, RuntimeError
+    when an input requires grad with grad mode on (there is no backward).
     """
     check_winograd_conv3x3(x, weight_t, bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight_t, bias)):
+        raise RuntimeError("winograd_conv3x3 is inference only (no backward): an input requires grad; call it "
+                           "under torch.no_grad() or use winograd_conv3x3_reference for gradients")
     _require_kernel()
     return torch.ops.shg_fast.winograd_conv3x3(x, weight_t, bias, bool(relu))
 

@@ -31,9 +31,21 @@ def _prepare(preds, gt, normalize, annotated):
     mask = g[..., 0] > 0 if annotated is None else np.asarray(annotated, dtype=bool)
     if mask.shape != g.shape[:2]:
         raise ValueError(f"annotated must have shape {g.shape[:2]}, got {mask.shape}")
+    _check_normalize(norm, mask)
     with np.errstate(divide="ignore", invalid="ignore"):
         dist = np.linalg.norm(p - g, axis=-1) / norm[:, None]
     return dist, mask
+
+
+def _check_normalize(norm: np.ndarray, mask: np.ndarray) -> None:
+    """ValueError unless ``norm`` is positive and finite for every person (row) with an annotated joint.
+
+    A zero head size would silently count every joint of that person as wrong.
+    """
+    bad = np.flatnonzero(mask.any(axis=1) & ~(np.isfinite(norm) & (norm > 0)))
+    if bad.size:
+        raise ValueError(f"normalize (the head size) must be positive and finite for every person with annotated "
+                         f"joints; {bad.size} of {norm.size} are not (first: row {bad[0]} = {norm[bad[0]]:g})")
 
 
 def _summary(correct: np.ndarray, mask: np.ndarray, names) -> dict:
@@ -133,6 +145,10 @@ def load_annotations(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: 'part' must have shape (N, 16, 2), got {part.shape}")
     if norm.shape != (part.shape[0],):
         raise ValueError(f"{path}: 'normalize' must have shape ({part.shape[0]},), got {ann['normalize'].shape}")
+    try:
+        _check_normalize(norm, part[..., 0] > 0)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return {"part": part, "normalize": norm}
 
 

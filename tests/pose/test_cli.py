@@ -43,7 +43,8 @@ def test_eval_table_and_json(capsys, tmp_path):
 
 
 def test_eval_errors(capsys, tmp_path):
-    assert_one_line_error(*run_cli(capsys, "eval", "--preds", tmp_path / "none.h5", "--annot", ANNOT)[::2], "not found")
+    assert_one_line_error(*run_cli(capsys, "eval", "--preds", tmp_path / "none.h5", "--annot", ANNOT)[::2],
+                          "does not exist")
     with h5py.File(tmp_path / "short.h5", "w") as f:
         f["preds"] = np.zeros((10, 16, 2))
     assert_one_line_error(*run_cli(capsys, "eval", "--preds", tmp_path / "short.h5", "--annot", ANNOT)[::2],
@@ -77,13 +78,13 @@ def test_predict_fast_default(capsys, tmp_path):
 
 
 def test_predict_errors(capsys, tmp_path):
-    assert_one_line_error(*run_cli(capsys, "predict", tmp_path / "none.jpg", "--out", tmp_path)[::2], "not found")
+    assert_one_line_error(*run_cli(capsys, "predict", tmp_path / "none.jpg", "--out", tmp_path)[::2], "does not exist")
     (tmp_path / "bad.jpg").write_bytes(b"nope")
     assert_one_line_error(*run_cli(capsys, "predict", tmp_path / "bad.jpg", "--out", tmp_path)[::2], "cannot read image")
     assert_one_line_error(*run_cli(capsys, "predict", PHOTO, "--scale", "-1", "--out", tmp_path)[::2], "--scale")
     (tmp_path / "bad.pt").write_bytes(b"nope")
     assert_one_line_error(*run_cli(capsys, "predict", PHOTO, "--checkpoint", tmp_path / "bad.pt", "--model",
-                                   "reference", "--out", tmp_path)[::2], "cannot read checkpoint")
+                                   "reference", "--out", tmp_path)[::2], "not a PyTorch checkpoint")
 
 
 def test_train_cli_errors(capsys, tmp_path):
