@@ -40,6 +40,7 @@ _MAX_INDEX = 2**31  # kernels index activations with int32 offsets
 try:
     import triton
     from torch.library import triton_op, wrap_triton
+    from triton.runtime.interpreter import InterpretedFunction
 
     from shg_fast.kernels.conv_bn_relu import conv_block_sizes, conv_bn_relu_kernel
     from shg_fast.kernels.decode_heatmaps import decode_block_size, decode_heatmaps_kernel
@@ -48,6 +49,39 @@ except Exception as exc:  # a missing or broken Triton only makes this backend u
     IMPORT_ERROR: str | None = f"Triton kernels failed to import ({type(exc).__name__}: {exc})"
 else:
     IMPORT_ERROR = None
+
+
+def _launcher(kernel):
+    """``wrap_triton(kernel)``, or the kernel itself when Triton's interpreter made it an
+    ``InterpretedFunction`` (which runs eagerly): torch >= 2.12 does the same inside
+    ``wrap_triton``, torch 2.11 raises "wrap_triton only works on functions annotated with
+    triton.jit or triton.autotune" instead."""
+    if isinstance(kernel, InterpretedFunction):
+        return kernel
+    return wrap_triton(kernel)
+
+
+def _patch_interpreter_scalars() -> None:
+    """Make Triton's interpreter turn scalar kernel arguments into Python ints under numpy >= 2.4.
+
+    The interpreter holds a scalar as a one-element 1-D array and, up to Triton 3.6, converts it
+    with ``int(array)``, which numpy 2.4 refuses ("only 0-dimensional arrays can be converted to
+    Python scalars"), so ``for c0 in range(0, C, BLOCK_K)`` with a runtime ``C`` fails. Newer
+    Triton converts ``int(array.squeeze())``; this installs the same conversion on older ones.
+    Only the interpreter (TRITON_INTERPRET=1, for testing) is affected; compiled kernels are not.
+    """
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or getattr(patch_tensor, "_shg_fast_scalars", False):
+        return
+
+    def patched(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched._shg_fast_scalars = True
+    interpreter._patch_lang_tensor = patched
 
 
 def _tensor_reasons(op: str, supported, tensors: dict[str, torch.Tensor | None]) -> list[str]:
@@ -121,7 +155,7 @@ def _register_ops() -> None:
             return out
         channels_last = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
         _, c, h, w = skip.shape
-        wrap_triton(upsample_add_kernel)[(triton.cdiv(total, UPSAMPLE_ADD_BLOCK),)](
+        _launcher(upsample_add_kernel)[(triton.cdiv(total, UPSAMPLE_ADD_BLOCK),)](
             low, skip, out, total, c, h, w, *low.stride(), *skip.stride(), *out.stride(),
             CHANNELS_LAST=channels_last, BLOCK=UPSAMPLE_ADD_BLOCK)
         return out
@@ -146,7 +180,7 @@ def _register_ops() -> None:
         else:
             perm = torch.arange(k, dtype=torch.int32, device=heatmaps.device)
         fl = flipped if has_flip else heatmaps
-        wrap_triton(decode_heatmaps_kernel)[(n * k,)](
+        _launcher(decode_heatmaps_kernel)[(n * k,)](
             heatmaps, fl, perm, coords, maxvals, k, h, w, *heatmaps.stride(), *fl.stride(),
             HAS_FLIP=has_flip, BLOCK=decode_block_size(h, w))
         return coords, maxvals
@@ -175,7 +209,7 @@ def _register_ops() -> None:
         # Absent optional tensors are never read (their HAS_* flag is off): pass x in their place.
         x2_, bias_, scale_, shift_, res_, up_ = (x if t is None else t for t in
                                                  (x2, bias, in_scale, in_shift, residual, upsample))
-        wrap_triton(conv_bn_relu_kernel)[grid](
+        _launcher(conv_bn_relu_kernel)[grid](
             x, x2_, weight, bias_, scale_, shift_, res_, up_, out,
             n, c1, c2, h, w, c_out, oh, ow, stride, padding,
             *x.stride(), *x2_.stride(), *weight.stride(), *res_.stride(), *up_.stride(), *out.stride(),
@@ -227,6 +261,7 @@ def _register_unavailable(reason: str) -> None:
 
 
 if IMPORT_ERROR is None:
+    _patch_interpreter_scalars()
     _register_ops()
 else:
     _register_unavailable(IMPORT_ERROR)
