@@ -162,8 +162,8 @@ def _op_cases(plan: dict, smoke: bool):
         def make_dec(dtype, batch, s=s):
             hm = _rand(batch, 16, s, s, dtype=torch.float64)
             hd = hm.to(dtype)
-            return (lambda backend: decode_heatmaps(hd, backend=backend), lambda: decode_heatmaps_reference(hd),
-                    lambda: decode_heatmaps_reference(hm), None)
+            return (lambda backend: decode_heatmaps(hd, backend=backend), lambda: decode_heatmaps_reference(hd, None, []),
+                    lambda: decode_heatmaps_reference(hm, None, []), None)
         yield "decode_heatmaps", f"16 maps @ {s}x{s}", make_dec
 
 
