@@ -117,6 +117,12 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
+    classifiers=[
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Operating System :: POSIX :: Linux",
+    ],
     packages=find_packages(include=["shg_fast", "shg_fast.*"]) + ["shg_fast.kernels"],
     package_dir={"shg_fast.kernels": "kernels"},
     package_data={"shg_fast": ["assets/*"]},

@@ -63,9 +63,12 @@ elif setuptools < (70, 1) and version("wheel") is None:
     print("wheel")
 PY
 )
-if [ -n "$missing" ]; then
-  install "build requirement missing from $py (a fresh Python 3.12 venv has no setuptools)" $missing
-fi
+case $missing in
+  setuptools*) install "$py has no setuptools >= 64, needed to build shg_fast._C (a fresh Python 3.12 venv has none)" \
+                 "$missing" ;;
+  wheel) install "$py has setuptools older than 70.1 (a Python 3.11 venv brings 65.5), which needs wheel to build" \
+           wheel ;;
+esac
 
 # Runtime and test requirements (setup.py install_requires and extras "test"; a test keeps
 # this list in step): module to import, requirement to install when it does not import.
