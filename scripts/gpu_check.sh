@@ -2,9 +2,10 @@
 # The one command for a lent GPU machine:  bash scripts/gpu_check.sh OUT_DIR
 #
 # Sized for one 10-minute call on a 16-core H200 machine: every part runs under its own time
-# box (seconds below; GPU_CHECK_SCALE=0.5 halves them all), cut short so that no part runs past
-# GPU_CHECK_BUDGET_S (default 540) from the start; the report is written after each part, so a
-# call stopped from outside still leaves one. GPU_CHECK_PARTS (default: all) names the parts to
+# box (seconds below; GPU_CHECK_SCALE=0.5 halves them all; 5 without a GPU), cut short so that
+# no part runs past GPU_CHECK_BUDGET_S (default 540; 3000 without a GPU) from the start; the
+# report is written after each part, so a call stopped from outside still leaves one.
+# GPU_CHECK_PARTS (default: all) names the parts to
 # run, e.g. GPU_CHECK_PARTS="ops model" for a second call. Parts, in order:
 #   build     FORCE_CUDA=1 pip install -e . --no-build-isolation --no-deps, MAX_JOBS = cores
 #             (without a GPU: only when shg_fast._C does not import)
@@ -16,7 +17,7 @@
 #             ATen/cuDNN twin, fp32/TF32/bf16, batch 1 and 64 -> ops.jsonl
 #   model     the 8-stack model: eager reference, fast, CUDA graph -> model.jsonl
 #   compile   torch.compile of the reference (default mode, boxed) -> compile.jsonl
-#   report    summary.json and summary.md from all of the above
+#   report    summary.json and summary.md from all of the above (scripts/gpu_check_report.py)
 # Without a GPU every part that can runs (ops/model as tiny smoke cases), the rest are reported
 # as skipped, and the exit status is 0. Exit status 1 when a part that ran failed.
 # PYTHON picks the interpreter (default python3).
@@ -28,11 +29,12 @@ out=$(mkdir -p "$1" && cd "$1" && pwd) || { echo "gpu_check: cannot create $1" >
 [ -n "${GPU_CHECK_PARTS:-}" ] || rm -f "$out"/parts.tsv "$out"/*.jsonl  # a partial rerun adds to a full one
 python=${PYTHON:-python3}
 cores=$(nproc 2>/dev/null || echo 4)
-scale=${GPU_CHECK_SCALE:-1}
-budget=${GPU_CHECK_BUDGET_S:-540}
 start=$(date +%s)
 failed=0
 has_gpu=$("$python" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
+# Without a GPU the boxes only guard against a hang: a busy 2-core CI machine is slow to start Python.
+scale=${GPU_CHECK_SCALE:-$([ "$has_gpu" = 1 ] && echo 1 || echo 5)}
+budget=${GPU_CHECK_BUDGET_S:-$([ "$has_gpu" = 1 ] && echo 540 || echo 3000)}
 
 # record NAME STATUS SECONDS NOTE: one line of parts.tsv, echoed.
 record() {
@@ -43,7 +45,7 @@ record() {
 # wanted NAME: whether GPU_CHECK_PARTS asks for part NAME (tests-* are asked for as "tests").
 wanted() { [ -z "${GPU_CHECK_PARTS:-}" ] || [[ " $GPU_CHECK_PARTS " == *" ${1%%-*} "* ]]; }
 
-report() { "$python" scripts/gpu_check.py report "$out" > /dev/null 2>&1 || true; }
+report() { "$python" scripts/gpu_check_report.py "$out" > /dev/null 2>&1 || true; }
 
 # part NAME SECONDS CMD...: run CMD under a time box (no further than the budget's end), its
 # output to OUT_DIR/NAME.log and the terminal; then refresh the report.
@@ -111,6 +113,6 @@ else
   skip compile "no GPU (torch.compile of the model takes minutes on a small CPU)"
 fi
 
-"$python" scripts/gpu_check.py report "$out" > /dev/null || failed=1
+"$python" scripts/gpu_check_report.py "$out" > /dev/null || failed=1
 echo "== gpu_check: $(( $(date +%s) - start ))s in all; results in $out (summary.md, summary.json)"
 exit $failed
