@@ -45,7 +45,7 @@ def cmd_report(out: pathlib.Path) -> int:
                   "measurement of anything.**", ""]
     lines += ["## Parts", "", "| part | status | seconds | note |", "|---|---|---|---|"]
     lines += [f"| {p['part']} | {p['status']} | {p['seconds']:.0f} | {p['note']} |" for p in parts]
-    lines += ["", "## Fused ops vs ATen/cuDNN (ms per batch, median of CUDA-event timings)", "",
+    lines += ["", "## Fused ops vs ATen/cuDNN (ms per batch, median; CUDA events on a GPU)", "",
               "| op | shape | dtype | batch | backend | ms | vs aten | max rel err vs fp64 | status |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in ops:
