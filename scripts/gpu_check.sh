@@ -11,7 +11,7 @@
 #             (without a GPU: only when shg_fast._C does not import)
 #   env       versions, GPU, clocks, driver (nvidia-ml-py, else nvidia-smi) -> env.json
 #   tests-*   the GPU tests (pytest -m gpu) once per forced backend: SHG_FAST_BACKEND=auto,
-#             cuda, triton, reference, so no fallback hides a failing kernel -> tests-*.log, .xml
+#             cuda, triton, reference, so no fallback hides a failing kernel -> logs/tests-*.xml
 #   sanitize  compute-sanitizer memcheck on a small case of each CUDA kernel
 #   ops       each fused op and each residual-block shape of the 8-stack network vs its
 #             ATen/cuDNN twin, fp32/TF32/bf16, batch 1 and 64 -> ops.jsonl
@@ -26,7 +26,8 @@ cd "$(dirname "$0")/.."
 [ $# -eq 1 ] || { echo "usage: bash scripts/gpu_check.sh OUT_DIR" >&2; exit 2; }
 out=$(mkdir -p "$1" && cd "$1" && pwd) || { echo "gpu_check: cannot create $1" >&2; exit 2; }
 [ -w "$out" ] || { echo "gpu_check: $out is not writable" >&2; exit 2; }
-[ -n "${GPU_CHECK_PARTS:-}" ] || rm -f "$out"/parts.tsv "$out"/*.jsonl  # a partial rerun adds to a full one
+[ -n "${GPU_CHECK_PARTS:-}" ] || rm -rf "$out"/parts.tsv "$out"/*.jsonl "$out"/logs  # a partial rerun adds to a full one
+mkdir -p "$out/logs"
 python=${PYTHON:-python3}
 cores=$(nproc 2>/dev/null || echo 4)
 start=$(date +%s)
@@ -48,7 +49,7 @@ wanted() { [ -z "${GPU_CHECK_PARTS:-}" ] || [[ " $GPU_CHECK_PARTS " == *" ${1%%-
 report() { "$python" scripts/gpu_check_report.py "$out" > /dev/null 2>&1 || true; }
 
 # part NAME SECONDS CMD...: run CMD under a time box (no further than the budget's end), its
-# output to OUT_DIR/NAME.log and the terminal; then refresh the report.
+# output to OUT_DIR/logs/NAME.log and the terminal; then refresh the report.
 part() {
   local name=$1 box t0 rc left
   box=$(awk -v s="$2" -v k="$scale" 'BEGIN { printf "%d", s * k }')
@@ -62,7 +63,7 @@ part() {
   [ "$box" -le "$left" ] || box=$left
   echo "== gpu_check: $name (time box ${box}s)"
   t0=$(date +%s)
-  timeout --kill-after=10 "$box" "$@" > >(tee "$out/$name.log") 2>&1
+  timeout --kill-after=10 "$box" "$@" > >(tee "$out/logs/$name.log") 2>&1
   rc=$?
   elapsed=$(( $(date +%s) - t0 ))
   if [ $rc -eq 0 ]; then
@@ -71,7 +72,7 @@ part() {
     record "$name" timeout "$elapsed" "stopped at its ${box}s box; partial results kept"
     failed=1
   else
-    record "$name" failed "$elapsed" "exit status $rc, see $name.log"
+    record "$name" failed "$elapsed" "exit status $rc, see logs/$name.log"
     failed=1
   fi
   report
@@ -93,7 +94,7 @@ for backend in auto cuda triton reference; do
   if [ "$has_gpu" = 1 ]; then
     # The first run compiles the Triton kernels; the others find them in Triton's cache.
     part "tests-$backend" "$([ $backend = auto ] && echo 100 || echo 45)" env SHG_FAST_BACKEND="$backend" "$python" -m pytest -m gpu tests -q -p no:cacheprovider \
-      --junitxml="$out/tests-$backend.xml"
+      --junitxml="$out/logs/tests-$backend.xml"
   else
     skip "tests-$backend" "no GPU"
   fi
@@ -114,5 +115,7 @@ else
 fi
 
 "$python" scripts/gpu_check_report.py "$out" > /dev/null || failed=1
-echo "== gpu_check: $(( $(date +%s) - start ))s in all; results in $out (summary.md, summary.json)"
+tar -czf "$out/logs.tar.gz" -C "$out" logs
+echo "== gpu_check: $(( $(date +%s) - start ))s in all; results in $out: summary.md, summary.json (everything" \
+  "measured), logs.tar.gz (every part's output, the tests' JUnit XML)"
 exit $failed

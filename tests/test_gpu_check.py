@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tarfile
 
 import pytest
 import torch
@@ -46,5 +47,7 @@ def test_gpu_check_on_a_cpu_machine(tmp_path):
     model = {(r["variant"], r["status"]) for r in summary["model"]}
     assert model == {("reference", "ok"), ("fast", "ok")}
     assert all(r["agrees"] for r in summary["model"])
+    with tarfile.open(out / "logs.tar.gz") as logs:
+        assert {"logs/env.log", "logs/ops.log", "logs/model.log"} <= set(logs.getnames())
     markdown = (out / "summary.md").read_text()
     assert "CPU smoke run" in markdown and "| residual_block |" in markdown
