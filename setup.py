@@ -2,46 +2,86 @@
 torch extension shg_fast._C (C++ CPU kernels always; CUDA kernels when a CUDA toolkit and a
 CUDA build of torch are present).
 
+Supported: Python >= 3.10, torch >= 2.11, Triton >= 3.6 (tested with torch 2.11.0+cu130 /
+Triton 3.6.0 / Python 3.12 and torch 2.13 CPU / Triton 3.9 / Python 3.11).
+
 Knobs (environment): FORCE_CUDA=1 builds the CUDA sources even when detection says no (and
 fails loudly if it cannot); SHG_FAST_SKIP_CUDA_BUILD=1 never builds them;
-TORCH_CUDA_ARCH_LIST (default "8.0;9.0") picks the GPU targets; MAX_JOBS caps parallel jobs.
+TORCH_CUDA_ARCH_LIST picks the GPU targets (default: the visible GPUs', else "8.0;9.0a");
+CUDA_HOME names the toolkit (default: found from the nvcc on the PATH, wrapper scripts
+included); MAX_JOBS caps parallel jobs.
 Install with `pip install -e . --no-build-isolation` so the installed torch is used.
 """
 
 import glob
+import importlib.util
 import os
 import sys
 
 from setuptools import find_packages, setup
 
 import torch
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
-DEFAULT_ARCH_LIST = "8.0;9.0"
+DEFAULT_ARCH_LIST = "8.0;9.0a"
+
+
+def load_cuda_toolkit_module():
+    """scripts/cuda_toolkit.py (finding and checking the toolkit), loaded by path: not installed."""
+    spec = importlib.util.spec_from_file_location("shg_fast_cuda_toolkit", os.path.join("scripts", "cuda_toolkit.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cuda_toolkit = load_cuda_toolkit_module()
 
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def default_arch_list() -> str:
+    """The visible GPUs' architectures (9.0 as 9.0a, the full Hopper instruction set), else the default."""
+    if not torch.cuda.is_available():
+        return DEFAULT_ARCH_LIST
+    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return ";".join(f"{major}.{minor}" + ("a" if (major, minor) == (9, 0) else "") for major, minor in caps)
+
+
 FORCE_CUDA = env_flag("FORCE_CUDA")
 SKIP_CUDA = env_flag("SHG_FAST_SKIP_CUDA_BUILD")
 TORCH_HAS_CUDA = torch.version.cuda is not None
-BUILD_CUDA = not SKIP_CUDA and (FORCE_CUDA or (TORCH_HAS_CUDA and CUDA_HOME is not None))
-if BUILD_CUDA and not (TORCH_HAS_CUDA and CUDA_HOME is not None):
-    raise RuntimeError(
-        f"FORCE_CUDA=1 but cannot build CUDA sources: torch CUDA version {torch.version.cuda}, "
-        f"CUDA_HOME {CUDA_HOME}"
-    )
+CUDA_HOME, CUDA_HOME_SOURCE = cuda_toolkit.find_cuda_home() if TORCH_HAS_CUDA and not SKIP_CUDA else (None, "not looked for")
+CUDA_PROBLEMS = cuda_toolkit.problems(CUDA_HOME) if CUDA_HOME else []
+CUDA_OK = TORCH_HAS_CUDA and CUDA_HOME is not None and not CUDA_PROBLEMS
+BUILD_CUDA = not SKIP_CUDA and (FORCE_CUDA or CUDA_OK)
+if TORCH_HAS_CUDA and not SKIP_CUDA and not CUDA_OK:
+    why = (f"torch {torch.__version__} is a CUDA {torch.version.cuda} build, but the CUDA toolkit "
+           + (f"at {CUDA_HOME} (from {CUDA_HOME_SOURCE}) is incomplete: {'; '.join(CUDA_PROBLEMS)}"
+              if CUDA_HOME else f"was not found ({CUDA_HOME_SOURCE})")
+           + ". Set CUDA_HOME to a toolkit root holding bin/nvcc, include/cuda_runtime_api.h and "
+             "lib64/libcudart.so (CUDA_INC_PATH may add a folder of headers)")
+    if FORCE_CUDA:
+        raise RuntimeError(f"FORCE_CUDA=1 but the CUDA sources cannot be built: {why}")
+    print(f"shg_fast build: WARNING: building without CUDA kernels: {why}", file=sys.stderr)
+if FORCE_CUDA and not SKIP_CUDA and not TORCH_HAS_CUDA:
+    raise RuntimeError(f"FORCE_CUDA=1 but torch {torch.__version__} is not a CUDA build (torch.version.cuda is None)")
 if BUILD_CUDA:
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    os.environ["CUDA_HOME"] = CUDA_HOME
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", default_arch_list())
+
+import torch.utils.cpp_extension as cpp_extension  # noqa: E402  (after CUDA_HOME is settled)
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+if BUILD_CUDA:
+    cpp_extension.CUDA_HOME = CUDA_HOME  # the module guessed at import; the build must use this one
 
 cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 cuda_sources = sorted(glob.glob("csrc/cuda/*.cu"))
 if not BUILD_CUDA:
     cpp_sources = [s for s in cpp_sources if not s.endswith("_cuda.cpp")]
 
-print(f"shg_fast build: {torch.__version__ = }, {torch.version.cuda = }, {CUDA_HOME = }")
+print(f"shg_fast build: {torch.__version__ = }, {torch.version.cuda = }, {CUDA_HOME = } (from {CUDA_HOME_SOURCE})")
 print(f"shg_fast build: {FORCE_CUDA = }, {SKIP_CUDA = }, {BUILD_CUDA = }")
 print(f"shg_fast build: TORCH_CUDA_ARCH_LIST = {os.environ.get('TORCH_CUDA_ARCH_LIST')!r}, "
       f"MAX_JOBS = {os.environ.get('MAX_JOBS')!r}")
@@ -77,18 +117,24 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
+    classifiers=[
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Operating System :: POSIX :: Linux",
+    ],
     packages=find_packages(include=["shg_fast", "shg_fast.*"]) + ["shg_fast.kernels"],
     package_dir={"shg_fast.kernels": "kernels"},
     package_data={"shg_fast": ["assets/*"]},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension},
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.11",
         "numpy",
         "opencv-python-headless",
         "h5py",
         "tqdm",
-        "triton>=3.0; platform_system == 'Linux'",
+        "triton>=3.6; platform_system == 'Linux'",
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "matplotlib"],

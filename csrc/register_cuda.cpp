@@ -1,8 +1,12 @@
 // CUDA registrations: argument checks, device guard and current stream, then the launchers in
 // csrc/cuda (which take raw pointers); every launch's cudaError_t is checked.
+// Only c10's CUDA headers and the CUDA runtime API: ATen/cuda/CUDAContext.h would pull in
+// cuBLAS and cuSPARSE headers, which a toolkit holding only nvcc and the runtime lacks.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -29,6 +33,15 @@ void check_cuda_tensor(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got one on ", t.device());
 }
 
+// The most shared memory one block may opt in to on the current device (the guard has set it).
+size_t max_shared_memory_per_block() {
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  int bytes = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return static_cast<size_t>(bytes);
+}
+
 const void* optional_ptr(const c10::optional<at::Tensor>& t) { return t.has_value() ? t->const_data_ptr() : nullptr; }
 
 at::Tensor upsample_add_cuda(const at::Tensor& low_in, const at::Tensor& skip_in) {
@@ -45,7 +58,7 @@ at::Tensor upsample_add_cuda(const at::Tensor& low_in, const at::Tensor& skip_in
   }
   check_launch(shg_upsample_add(low.const_data_ptr(), skip.const_data_ptr(), out.mutable_data_ptr(), skip.size(0),
                                 skip.size(1), skip.size(2), skip.size(3), nhwc ? 1 : 0,
-                                to_shg_dtype(skip.scalar_type()), at::cuda::getCurrentCUDAStream()),
+                                to_shg_dtype(skip.scalar_type()), c10::cuda::getCurrentCUDAStream()),
                "upsample_add");
   return out;
 }
@@ -71,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> decode_heatmaps_cuda(const at::Tensor& heatma
                                    fl_strides.data(), flip_perm.empty() ? nullptr : flip_perm.data(), N, K,
                                    heatmaps.size(2), heatmaps.size(3), to_shg_dtype(heatmaps.scalar_type()),
                                    coords.mutable_data_ptr<float>(), maxvals.mutable_data_ptr<float>(),
-                                   at::cuda::getCurrentCUDAStream()),
+                                   c10::cuda::getCurrentCUDAStream()),
                "decode_heatmaps");
   return {coords, maxvals};
 }
@@ -120,10 +133,10 @@ at::Tensor residual_block_cuda(const at::Tensor& x_in, const at::Tensor& in_scal
     args.Cout = Cout;
     const shg_dtype dtype = to_shg_dtype(x.scalar_type());
     const size_t smem = shg_residual_block_smem_bytes(&args, dtype);
-    const size_t limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
+    const size_t limit = max_shared_memory_per_block();
     TORCH_CHECK(smem <= limit, "residual_block: C_in ", Cin, " and C_mid ", Cmid, " in ", x.scalar_type(), " need ",
                 smem, " bytes of shared memory per block, the device allows ", limit);
-    check_launch(shg_residual_block(&args, dtype, at::cuda::getCurrentCUDAStream()), "residual_block");
+    check_launch(shg_residual_block(&args, dtype, c10::cuda::getCurrentCUDAStream()), "residual_block");
   }
   return nhwc ? out : out.contiguous();
 }

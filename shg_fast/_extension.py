@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import importlib
 
+import torch
+
 
 @functools.lru_cache(maxsize=None)
 def load() -> tuple[object | None, str | None]:
@@ -20,10 +22,19 @@ def load() -> tuple[object | None, str | None]:
     return module, None
 
 
+# The two questions asked while dispatching are marked constant for torch.compile: Dynamo calls
+# them once while tracing instead of tracing importlib and an lru_cache (which break fullgraph=True).
+
+
+@torch.compiler.assume_constant_result
+def load_error() -> str | None:
+    """Why ``shg_fast._C`` cannot be imported, or None when it can (see :func:`load`)."""
+    return load()[1]
+
+
+@torch.compiler.assume_constant_result
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """True when the extension registered ``shg_fast::op`` for ``dispatch_key`` (CPU, CUDA)."""
-    import torch
-
     module, _ = load()
     if module is None:
         return False

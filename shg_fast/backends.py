@@ -92,8 +92,14 @@ def requested_backend(backend: str | None = None) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=None)
+@torch.compiler.assume_constant_result  # torch.compile calls it instead of tracing importlib and lru_cache
 def _triton_import_reason() -> str | None:
+    """Why Triton cannot be imported, or None when it can."""
+    return _find_triton()
+
+
+@functools.lru_cache(maxsize=None)
+def _find_triton() -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed"
     try:
@@ -114,7 +120,7 @@ def _device_reasons(name: str, op: str, device: torch.device) -> list[str]:
         return []
     if name == "cpu":
         reasons = [] if device.type == "cpu" else [f"tensors are on {device.type}, cpu backend needs CPU tensors"]
-        _, why = _extension.load()
+        why = _extension.load_error()
         if why:
             reasons.append(why)
         elif not _extension.has_kernel(op, "CPU"):
@@ -122,7 +128,7 @@ def _device_reasons(name: str, op: str, device: torch.device) -> list[str]:
         return reasons
     if name == "cuda":
         reasons = [] if device.type == "cuda" else [f"tensors are on {device.type}, cuda backend needs CUDA tensors"]
-        _, why = _extension.load()
+        why = _extension.load_error()
         if why:
             reasons.append(why)
         elif not _extension.has_kernel(op, "CUDA"):
@@ -222,7 +228,7 @@ class FusedOp:
         name = device.type if device.type in ("cpu", "cuda") else None
         if name is None or (self.name, name) in _WARNED:
             return
-        _, why = _extension.load()
+        why = _extension.load_error()
         if why:
             _warn_fallback(self.name, name, why, 5)
 

@@ -40,6 +40,7 @@ _MAX_INDEX = 2**31  # kernels index activations with int32 offsets
 try:
     import triton
     from torch.library import triton_op, wrap_triton
+    from triton.runtime.interpreter import InterpretedFunction
 
     from shg_fast.kernels.conv_bn_relu import (H200_SMS, REDUCE_BLOCK, conv_bn_relu_kernel, conv_config,
                                                conv_split_k_reduce_kernel)
@@ -49,6 +50,39 @@ except Exception as exc:  # a missing or broken Triton only makes this backend u
     IMPORT_ERROR: str | None = f"Triton kernels failed to import ({type(exc).__name__}: {exc})"
 else:
     IMPORT_ERROR = None
+
+
+def _launcher(kernel):
+    """``wrap_triton(kernel)``, or the kernel itself when Triton's interpreter made it an
+    ``InterpretedFunction`` (which runs eagerly): torch >= 2.12 does the same inside
+    ``wrap_triton``, torch 2.11 raises "wrap_triton only works on functions annotated with
+    triton.jit or triton.autotune" instead."""
+    if isinstance(kernel, InterpretedFunction):
+        return kernel
+    return wrap_triton(kernel)
+
+
+def _patch_interpreter_scalars() -> None:
+    """Make Triton's interpreter turn scalar kernel arguments into Python ints under numpy >= 2.4.
+
+    The interpreter holds a scalar as a one-element 1-D array and, up to Triton 3.6, converts it
+    with ``int(array)``, which numpy 2.4 refuses ("only 0-dimensional arrays can be converted to
+    Python scalars"), so ``for c0 in range(0, C, BLOCK_K)`` with a runtime ``C`` fails. Newer
+    Triton converts ``int(array.squeeze())``; this installs the same conversion on older ones.
+    Only the interpreter (TRITON_INTERPRET=1, for testing) is affected; compiled kernels are not.
+    """
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or getattr(patch_tensor, "_shg_fast_scalars", False):
+        return
+
+    def patched(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patched._shg_fast_scalars = True
+    interpreter._patch_lang_tensor = patched
 
 
 def _tensor_reasons(op: str, supported, tensors: dict[str, torch.Tensor | None]) -> list[str]:
@@ -129,7 +163,7 @@ def _register_ops() -> None:
             return out
         channels_last = out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
         _, c, h, w = skip.shape
-        wrap_triton(upsample_add_kernel)[(triton.cdiv(total, UPSAMPLE_ADD_BLOCK),)](
+        _launcher(upsample_add_kernel)[(triton.cdiv(total, UPSAMPLE_ADD_BLOCK),)](
             low, skip, out, total, c, h, w, *low.stride(), *skip.stride(), *out.stride(),
             CHANNELS_LAST=channels_last, BLOCK=UPSAMPLE_ADD_BLOCK)
         return out
@@ -155,7 +189,7 @@ def _register_ops() -> None:
             perm = torch.arange(k, dtype=torch.int32, device=heatmaps.device)
         fl = flipped if has_flip else heatmaps
         flat = heatmaps.stride(3) == 1 and heatmaps.stride(2) == w
-        wrap_triton(decode_heatmaps_kernel)[(n * k,)](
+        _launcher(decode_heatmaps_kernel)[(n * k,)](
             heatmaps, fl, perm, coords, maxvals, k, h, w, *heatmaps.stride(), *fl.stride(),
             HAS_FLIP=has_flip, FLAT=flat, BLOCK=decode_block_size(h, w))
         return coords, maxvals
@@ -189,7 +223,7 @@ def _register_ops() -> None:
         part = torch.empty((split, m, c_out), dtype=torch.float32, device=x.device) if split > 1 else out
         flags = dict(HAS_BIAS=bias is not None, OUT_RELU=out_relu, HAS_RESIDUAL=residual is not None,
                      HAS_UPSAMPLE=upsample is not None)
-        wrap_triton(conv_bn_relu_kernel)[grid](
+        _launcher(conv_bn_relu_kernel)[grid](
             x, x2_, weight, bias_, scale_, shift_, res_, up_, out, part,
             n, c1, c2, h, w, c_out, oh, ow, stride, padding,
             *x.stride(), *x2_.stride(), *weight.stride(), *res_.stride(), *up_.stride(), *out.stride(),
@@ -197,7 +231,7 @@ def _register_ops() -> None:
             HAS_SHIFT=in_shift is not None, IN_RELU=in_relu, ALLOW_TF32=allow_tf32, **flags, **cfg)
         if split > 1:  # deterministic sum of the partials, then the epilogue once
             block_m, block_n = REDUCE_BLOCK
-            wrap_triton(conv_split_k_reduce_kernel)[(triton.cdiv(c_out, block_n) * triton.cdiv(m, block_m),)](
+            _launcher(conv_split_k_reduce_kernel)[(triton.cdiv(c_out, block_n) * triton.cdiv(m, block_m),)](
                 part, bias_, res_, up_, out, m, c_out, oh, ow, *res_.stride(), *up_.stride(), *out.stride(),
                 **flags, SPLIT_K=split, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
         return out
@@ -244,6 +278,7 @@ def _register_unavailable(reason: str) -> None:
 
 
 if IMPORT_ERROR is None:
+    _patch_interpreter_scalars()
     _register_ops()
 else:
     _register_unavailable(IMPORT_ERROR)

@@ -1,0 +1,253 @@
+"""The Python half of scripts/gpu_check.sh: one part of the GPU check per subcommand.
+
+    python scripts/gpu_check.py env OUT_DIR               versions, GPU, clocks, driver -> env.json
+    python scripts/gpu_check.py ops OUT_DIR [--smoke]     fused ops and residual blocks vs ATen/cuDNN -> ops.jsonl
+    python scripts/gpu_check.py model OUT_DIR [--smoke]   whole model: reference, fast, cuda_graph -> model.jsonl
+    python scripts/gpu_check.py compile OUT_DIR [--smoke] whole model under torch.compile -> compile.jsonl
+
+scripts/gpu_check_report.py turns these files into summary.json and summary.md.
+
+Timing parts write one JSON line per measured row as soon as it is measured, so a part that the
+shell script stops at its time box keeps what it measured. Timing is shg_fast.benchmarking's
+(CUDA events, warm-up, median). On a CPU (``--smoke``, or no GPU) the parts run tiny cases so the
+code paths are exercised; those rows are marked ``smoke`` and are not measurements of anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+from typing import Callable
+
+import torch
+
+from shg_fast import benchmarking, variants
+from shg_fast.backends import BackendUnavailableError
+from shg_fast.benchmarking import BenchConfig, precision, time_calls, timing_summary
+from shg_fast.fusion import FoldedResidual
+from shg_fast.ops import (conv_bn_relu, conv_bn_relu_reference, decode_heatmaps, decode_heatmaps_reference,
+                          residual_block, residual_block_reference, upsample_add, upsample_add_reference)
+from shg_fast.reference import Residual, StackedHourglass
+from shg_fast.testing import max_rel_error, randomize_batchnorm
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+#: What each timing part covers on a GPU and in a CPU smoke run.
+GPU_PLAN = dict(dtypes=("fp32", "tf32", "bf16"), batches=(1, 64), warmup=3, repeats=20,
+                backends=("cuda", "triton"), stacks=8, size=256)
+SMOKE_PLAN = dict(dtypes=("fp32",), batches=(1,), warmup=0, repeats=1, backends=("cpu",), stacks=1, size=64)
+
+
+def _write_row(path: pathlib.Path, row: dict) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+# ---------------------------------------------------------------- env
+
+def nvidia_smi() -> dict:
+    """Driver, clocks and power from nvidia-smi (used when nvidia-ml-py is not installed)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return {"nvidia_smi": "not on PATH"}
+    fields = ("name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.mem,power.draw,power.limit,"
+              "temperature.gpu")
+    out = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True, text=True,
+                         timeout=30)
+    if out.returncode != 0:
+        return {"nvidia_smi": f"failed: {out.stderr.strip()[:200]}"}
+    return dict(zip(fields.split(","), (v.strip() for v in out.stdout.splitlines()[0].split(","))))
+
+
+def cmd_env(out: pathlib.Path) -> int:
+    env = benchmarking.environment(DEVICE)
+    if ON_GPU and "nvml" in env.get("gpu", {}):  # nvidia-ml-py missing or unusable
+        env["nvidia_smi"] = nvidia_smi()
+    env["numpy"] = __import__("numpy").__version__
+    from shg_fast import _extension
+    from shg_fast.backends import backend_status
+
+    env["extension"] = _extension.load_error() or "loaded"
+    env["extension_cuda_kernels"] = _extension.has_kernel("residual_block", "CUDA")
+    env["backends"] = {name: (why or "can run") for name, why in backend_status(DEVICE).items()}
+    (out / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n", encoding="utf-8")
+    for key, value in env.items():
+        print(f"{key}: {value}")
+    return 0
+
+
+# ---------------------------------------------------------------- ops
+
+def residual_shapes(stacks: int, size: int) -> list[tuple[int, int, int, int]]:
+    """Every distinct (C_in, C_out, H, W) a Residual of the network sees for one ``size``² image."""
+    shapes: dict[tuple[int, int, int, int], None] = {}
+    with torch.device("meta"):
+        model = StackedHourglass(num_stacks=stacks).eval()
+        x = torch.empty(1, 3, size, size)
+
+    def record(_module, inputs, output):
+        _, c, h, w = inputs[0].shape
+        shapes[(c, output.shape[1], h, w)] = None
+
+    for module in model.modules():
+        if isinstance(module, Residual):
+            module.register_forward_hook(record)
+    with torch.no_grad():
+        model(x)
+    return list(shapes)
+
+
+def _rand(*shape, dtype=torch.float32):
+    return (torch.rand(*shape, device=DEVICE) * 2 - 1).to(dtype)
+
+
+def _op_cases(plan: dict, smoke: bool):
+    """``(op, shape label, make)`` per case; ``make(dtype, batch)`` builds the inputs and returns
+    ``(fused(backend), aten(), truth(), flops per batch element or None)``: the fused op on a backend,
+    its ATen/cuDNN twin in ``dtype``, and that twin in float64 (the ground truth)."""
+    shapes = residual_shapes(plan["stacks"], plan["size"])
+    if smoke:
+        shapes = [min(shapes, key=lambda s: s[0] * s[1] * s[2] * s[3])]
+    for cin, cout, h, w in shapes:
+        def make(dtype, batch, cin=cin, cout=cout, h=h, w=w):
+            module = randomize_batchnorm(Residual(cin, cout).eval(), seed=0)
+            block64 = FoldedResidual.from_module(module).to(device=DEVICE, dtype=torch.float64)
+            x = _rand(batch, cin, h, w, dtype=torch.float64).to(memory_format=torch.channels_last)
+            block, xd = block64.to(dtype), x.to(dtype)
+            mid = cout // 2
+            flops = 2 * (cin * mid + mid * mid * 9 + mid * cout + (cin * cout if cin != cout else 0)) * h * w
+            return (lambda backend: residual_block(xd, block, backend=backend), lambda: residual_block_reference(xd, block),
+                    lambda: residual_block_reference(x, block64), flops)
+        yield "residual_block", f"{cin}->{cout} @ {h}x{w}", make
+    sizes = (8,) if smoke else (64,)
+    for s in (8,) if smoke else (64, 32, 16, 8):
+        def make_up(dtype, batch, s=s):
+            low, skip = _rand(batch, 256, s // 2, s // 2, dtype=torch.float64), _rand(batch, 256, s, s, dtype=torch.float64)
+            lo, sk = low.to(dtype), skip.to(dtype)
+            return (lambda backend: upsample_add(lo, sk, backend=backend), lambda: upsample_add_reference(lo, sk),
+                    lambda: upsample_add_reference(low, skip), None)
+        yield "upsample_add", f"256 @ {s}x{s}", make_up
+    for s in sizes:
+        def make_c1(dtype, batch, s=s):
+            x, w, b = _rand(batch, 256, s, s, dtype=torch.float64), _rand(128, 256, 1, 1, dtype=torch.float64) / 16, \
+                _rand(128, dtype=torch.float64)
+            scale, shift = torch.rand(256, device=DEVICE, dtype=torch.float64) + 0.5, _rand(256, dtype=torch.float64)
+            kw = dict(in_scale=scale, in_shift=shift, in_relu=True, out_relu=True)
+            kwd = {k: (v.to(dtype) if torch.is_tensor(v) else v) for k, v in kw.items()}
+            xd, wd, bd = x.to(dtype), w.to(dtype), b.to(dtype)
+            return (lambda backend: conv_bn_relu(xd, wd, bd, backend=backend, **kwd),
+                    lambda: conv_bn_relu_reference(xd, wd, bd, **kwd), lambda: conv_bn_relu_reference(x, w, b, **kw),
+                    2 * 256 * 128 * s * s)
+        yield "conv1x1_bn_relu", f"256->128 @ {s}x{s}", make_c1
+
+        def make_c3(dtype, batch, s=s):
+            x, w, b = _rand(batch, 128, s, s, dtype=torch.float64), _rand(128, 128, 3, 3, dtype=torch.float64) / 32, \
+                _rand(128, dtype=torch.float64)
+            xd, wd, bd = x.to(dtype), w.to(dtype), b.to(dtype)
+            return (lambda backend: conv_bn_relu(xd, wd, bd, out_relu=True, backend=backend),
+                    lambda: conv_bn_relu_reference(xd, wd, bd, out_relu=True),
+                    lambda: conv_bn_relu_reference(x, w, b, out_relu=True), 2 * 128 * 128 * 9 * s * s)
+        yield "conv3x3_relu", f"128->128 @ {s}x{s}", make_c3
+
+        def make_dec(dtype, batch, s=s):
+            hm = _rand(batch, 16, s, s, dtype=torch.float64)
+            hd = hm.to(dtype)
+            return (lambda backend: decode_heatmaps(hd, backend=backend), lambda: decode_heatmaps_reference(hd, None, []),
+                    lambda: decode_heatmaps_reference(hm, None, []), None)
+        yield "decode_heatmaps", f"16 maps @ {s}x{s}", make_dec
+
+
+def _first(result):
+    return result[0] if isinstance(result, tuple) else result
+
+
+def cmd_ops(out: pathlib.Path, smoke: bool) -> int:
+    plan = SMOKE_PLAN if smoke else GPU_PLAN
+    path = out / "ops.jsonl"
+    path.unlink(missing_ok=True)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        for op, shape, make in _op_cases(plan, smoke):
+            for dtype_name in plan["dtypes"]:
+                with precision(dtype_name) as dtype:
+                    for batch in plan["batches"]:
+                        fused, aten, truth, flops = make(dtype, batch)
+                        ref_out = _first(truth())
+                        base = {"op": op, "shape": shape, "dtype": dtype_name, "batch": batch, "device": DEVICE,
+                                "smoke": smoke}
+                        timings = {}
+                        for backend, fn in [("aten", aten)] + [(b, lambda b=b: fused(b)) for b in plan["backends"]]:
+                            row = dict(base, backend=backend)
+                            try:
+                                got = _first(fn())
+                            except BackendUnavailableError as exc:
+                                _write_row(path, dict(row, status="skipped", reason=str(exc)[:300]))
+                                continue
+                            except Exception as exc:  # a failing kernel is a result, not the end of the part
+                                _write_row(path, dict(row, status="error", reason=f"{type(exc).__name__}: {exc}"[:500]))
+                                continue
+                            row["max_rel_error_vs_fp64"] = max_rel_error(got.double(), ref_out.double())
+                            row.update(timing_summary(time_calls(lambda _: fn(), got, plan["warmup"], plan["repeats"]),
+                                                      batch, flops))
+                            timings[backend] = row["ms_per_batch_median"]
+                            if "aten" in timings and backend != "aten":
+                                row["speedup_vs_aten"] = timings["aten"] / row["ms_per_batch_median"]
+                            _write_row(path, dict(row, status="ok"))
+    return 0
+
+
+# ---------------------------------------------------------------- model
+
+def _bench_cells(out_file: pathlib.Path, plan: dict, variant_names: tuple[str, ...]) -> int:
+    """run_benchmark one (dtype, batch) cell at a time, appending each report's rows."""
+    out_file.unlink(missing_ok=True)
+    for dtype_name in plan["dtypes"]:
+        for batch in plan["batches"]:
+            names = tuple(v for v in variant_names if not (v == "cuda_graph" and batch != 1))
+            config = BenchConfig(device=DEVICE, stacks=plan["stacks"], size=plan["size"], batches=(batch,),
+                                 dtypes=(dtype_name,), variants=names, warmup=plan["warmup"],
+                                 repeats=max(plan["repeats"] // 2, 1), check_images=1)
+            report = benchmarking.run_benchmark(config, progress=False)
+            for row in report["results"]:
+                _write_row(out_file, dict(row, status="ok", stacks=plan["stacks"], size=plan["size"],
+                                          smoke=plan is SMOKE_PLAN))
+            for row in report["errors"]:
+                _write_row(out_file, dict(row, status="error", stacks=plan["stacks"], size=plan["size"]))
+    return 0
+
+
+def cmd_model(out: pathlib.Path, smoke: bool) -> int:
+    names = ("reference", "fast", "cuda_graph") if ON_GPU else ("reference", "fast")
+    return _bench_cells(out / "model.jsonl", SMOKE_PLAN if smoke else GPU_PLAN, names)
+
+
+def cmd_compile(out: pathlib.Path, smoke: bool) -> int:
+    # The default inductor mode: max-autotune (shg-fast bench's GPU choice) takes far longer than
+    # this part's time box allows for an 8-stack model at two batch sizes and three dtypes.
+    variants.compile_mode = lambda device: None
+    plan = dict(SMOKE_PLAN if smoke else GPU_PLAN)
+    return _bench_cells(out / "compile.jsonl", plan, ("compile",))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("part", choices=("env", "ops", "model", "compile"))
+    parser.add_argument("out", type=pathlib.Path)
+    parser.add_argument("--smoke", action="store_true", help="tiny cases (implied without a GPU)")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    smoke = args.smoke or not ON_GPU
+    commands: dict[str, Callable[[], int]] = {
+        "env": lambda: cmd_env(args.out), "ops": lambda: cmd_ops(args.out, smoke),
+        "model": lambda: cmd_model(args.out, smoke), "compile": lambda: cmd_compile(args.out, smoke),
+    }
+    return commands[args.part]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
