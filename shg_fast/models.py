@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import _atomic
+
 __all__ = ["MODEL_KINDS", "DEFAULT_CONFIG", "SHIPPED_CHECKPOINT", "model_class", "build_model", "save_checkpoint",
            "save_checkpoint_dict", "load_checkpoint", "model_from_checkpoint", "export_checkpoint"]
 
@@ -53,16 +55,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, config: dict, **e
 
 
 def save_checkpoint_dict(path: str | os.PathLike, checkpoint: dict) -> None:
-    """``torch.save(checkpoint, path)`` atomically: to ``path.tmp`` first, then renamed over ``path``,
-    so an interrupted write never leaves a truncated checkpoint. Creates the parent folder."""
+    """``torch.save(checkpoint, path)`` atomically (:func:`shg_fast._atomic.atomic_path`), so an
+    interrupted write never leaves a truncated checkpoint. Creates the parent folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with _atomic.atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

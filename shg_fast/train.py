@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from . import _atomic
 from .models import DEFAULT_CONFIG, MODEL_KINDS, build_model, load_checkpoint, save_checkpoint
 from .reference import STEMS
 from .pose.decode import predict_joints
@@ -218,9 +219,8 @@ def _save(path: Path, model: nn.Module, config: dict, optimizer, epoch: int, epo
     """OUT/last.pt (atomically) and OUT/history.json."""
     save_checkpoint(path / "last.pt", model, config, optimizer=optimizer.state_dict(), epoch=epoch,
                     epoch_step=epoch_step, history=history)
-    tmp = path / "history.json.tmp"
-    tmp.write_text(json.dumps(history, indent=1))
-    os.replace(tmp, path / "history.json")
+    with _atomic.atomic_path(path / "history.json") as tmp:
+        Path(tmp).write_text(json.dumps(history, indent=1))
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -280,7 +280,8 @@ def train(args: argparse.Namespace) -> dict:
                 outputs = net(batch["input"].to(device))
             loss = stacked_mse(outputs, batch["target"].to(device))
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+                raise FloatingPointError(f"training diverged: the loss is {loss.item()} at step {step + 1} (epoch "
+                                         f"{epoch + 1}); try a lower --lr than {args.lr:g}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

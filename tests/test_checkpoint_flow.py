@@ -86,7 +86,7 @@ def test_train_resume_continues_with_the_same_losses(capsys, tmp_path):
     assert code == 0, err
     stopped = load_checkpoint(tmp_path / "b" / "last.pt")
     assert (stopped["epoch"], stopped["epoch_step"], len(stopped["history"]["loss"])) == (1, 1, 4)
-    assert not list((tmp_path / "b").glob("*.tmp"))
+    assert not list((tmp_path / "b").glob("*.tmp*"))
     code, _, err = run_cli(capsys, "train", "--resume", tmp_path / "b" / "last.pt", "--max-steps", 0, "--quiet",
                            "--out", tmp_path / "b")
     assert code == 0, err

@@ -23,7 +23,9 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
+
+from shg_fast._atomic import atomic_path
 
 __all__ = ["CLIError", "Parser", "int_in", "float_in", "device", "input_file", "input_dir", "checkpoint_file",
            "output_file", "output_dir", "retype", "check_device", "check_backend_env", "check_matplotlib", "atomic_path",
@@ -210,29 +212,6 @@ def check_matplotlib(option: str) -> None:
     """CLIError when ``option`` needs matplotlib and it is not installed."""
     if importlib.util.find_spec("matplotlib") is None:
         raise CLIError(f"{option} needs matplotlib, which is not installed (pip install matplotlib)")
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """A temporary file name next to ``path`` (same suffix, so writers pick the format from it);
-    renamed to ``path`` when the block ends normally, removed when it raises."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a new file's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

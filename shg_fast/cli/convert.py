@@ -31,17 +31,19 @@ def check(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from shg_fast.convert import convert_checkpoint
-    from shg_fast.models import save_checkpoint_dict
 
     try:
         checkpoint = convert_checkpoint(args.input, source=args.source)
     except (OSError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     try:
-        save_checkpoint_dict(args.output, checkpoint)
+        with _args.atomic_path(args.output) as tmp:
+            torch.save(checkpoint, tmp)
     except OSError as exc:
-        raise CLIError(f"cannot write {args.output!r}: {exc}") from None
+        raise CLIError(f"cannot write {args.output!r}: {exc}", status=1) from None
     config = checkpoint["config"]
     described = ", ".join(f"{k}={config[k]!r}" for k in ("num_stacks", "num_features", "num_joints", "num_modules",
                                                          "stem", "input_mean"))
