@@ -7,9 +7,8 @@
 
 The device is the GPU if present, else the CPU. Each benchmark warms up, times one call, and
 takes as many rounds as fill its :data:`BUDGETS` entry (within a minimum and a maximum). On the
-busy 2-core AMD EPYC development machine (load average 10-15, other jobs running) the whole
-``--benchmark-only`` run took 6 to 7 minutes (two runs), using about 108 s of CPU time: about a
-minute on an idle 2-core CPU (an estimate, not measured). With ``--benchmark-disable`` the
+idle 2-core AMD EPYC development machine the whole ``--benchmark-only`` run took 31 s of wall
+time; with other jobs running (load average 10-15) it took 6 to 7 minutes. With ``--benchmark-disable`` the
 models run the quick network once (nothing is timed; one float64 pass of the 8-stack model
 alone takes a minute there, and every timed run checks the 8-stack outputs): about a minute on
 the same busy machine.
