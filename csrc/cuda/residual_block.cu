@@ -19,12 +19,12 @@
 // (activation rows: pixels; a row is K elements plus 16 bytes of padding, so the 8 rows one
 // ldmatrix reads fall in 8 different 16-byte bank groups) and W the weights, rows of K
 // elements in global memory. The K dimension is cut into segments (stage C: the 9 taps; stage
-// D: h2 then, for the projection, xin), each streamed in chunks of 128 bytes of K.
+// D: h2 then, for the projection, xin), streamed in chunks of about 8 KB of weights.
 //
 // Tensor-core path (fp16, bf16, and fp32 as TF32 when the caller allows TF32): 8 warps; the
-// weights of a chunk (up to kNPass rows x 128 bytes, rows padded to 144 bytes) are copied to
-// shared memory by cp.async into one of kStages = 3 buffers (chunks c+1 and c+2 load while
-// chunk c is multiplied) and read by every warp. Warp tile: 16 rows x 32 columns (4 mma n8 tiles); warp w takes warp
+// weights of a chunk (up to kNPass rows x 128 bytes of K, or fewer rows x up to 1 KB; rows
+// padded by 16 bytes) are copied to shared memory by cp.async into one of kStages = 3 buffers
+// (chunks c+1 and c+2 load while chunk c is multiplied) and read by every warp. Warp tile: 16 rows x 32 columns (4 mma n8 tiles); warp w takes warp
 // tiles w, w + 8 (at most kWarpTiles of them per pass over kNPass columns). Per k-step of
 // 32 bytes (k16 for 16-bit, k8 for TF32) a warp loads A with one ldmatrix.x4 and B with two
 // ldmatrix.x4 and issues 4 mma.sync (m16n8k16 f16/bf16, or m16n8k8 tf32), fp32 accumulation.
@@ -48,7 +48,7 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kChunkBytes = 128;                   // K bytes of one weight chunk
+constexpr int kChunkBytes = 128;                   // K bytes of a weight chunk of kNPass rows
 constexpr int kRowPad = 16;                        // padding bytes after every shared-memory row
 constexpr int kBStride = kChunkBytes + kRowPad;    // bytes between weight rows of a chunk
 constexpr int kNPass = 64;                         // weight rows (output channels) per pass
@@ -221,10 +221,37 @@ __device__ __forceinline__ void gather_slices(unsigned char* buf, int rows, int 
 
 // ---- the two GEMM engines ---------------------------------------------------------------------
 
+// A position in the K dimension: segment s, byte offset k inside it.
+struct KCursor {
+  int s, k;
+};
+
+// Walk the pieces of the chunk that starts at `at` and holds up to `chunk_bytes` of K: each piece
+// is (segment, K byte offset, byte offset in the chunk, length), never crossing a segment's end.
+// Returns the cursor after the chunk. seg_bytes(s) is a multiple of 32 bytes for every segment.
+template <typename SegBytes, typename Piece>
+__device__ __forceinline__ KCursor walk_chunk(KCursor at, int segments, int chunk_bytes, SegBytes seg_bytes,
+                                              Piece piece) {
+  int offset = 0;
+  while (offset < chunk_bytes && at.s < segments) {
+    const int length = min(chunk_bytes - offset, seg_bytes(at.s) - at.k);
+    piece(at.s, at.k, offset, length);
+    offset += length;
+    at.k += length;
+    if (at.k == seg_bytes(at.s)) at = KCursor{at.s + 1, 0};
+  }
+  return at;
+}
+
 // C[m, n_begin + j] = sum over segments s of A_s[m, :] . W_s[n_begin + j, :] for m < M, j < n_count;
 // epilogue(m, n, value) takes each element. a_row(s, m): the shared-memory row of A_s (bytes);
 // b_row(s, n): the global row of W_s (16-byte aligned); seg_bytes(s): K bytes of segment s, a
 // multiple of 32. wbuf: kStages * kBBufferBytes of shared memory. Called by all threads of the CTA.
+//
+// The output channels go in passes of up to kNPass. A pass streams its weights in chunks of
+// np rows x chunk_bytes of K (chunk_bytes = 128 f, the largest f in 1, 2, 4, 8 whose padded rows
+// fit one buffer: narrow passes take longer chunks, so every chunk moves about 8 KB); a chunk may
+// span segments (stage C: several taps), each piece multiplied against its own A rows.
 template <typename T, typename ARow, typename BRow, typename SegBytes, typename Epilogue>
 __device__ __forceinline__ void mma_gemm(unsigned char* wbuf, int M, int n_begin, int n_count, int segments,
                                          SegBytes seg_bytes, ARow a_row, BRow b_row, Epilogue epilogue) {
@@ -234,6 +261,9 @@ __device__ __forceinline__ void mma_gemm(unsigned char* wbuf, int M, int n_begin
     const int np = min(kNPass, n_count - p0);  // weight rows (output channels) of this pass
     const int groups = (np + 31) / 32;         // 32-column groups of the pass
     const int warp_tiles = m_blocks * groups;  // <= kWarps * kWarpTiles (static_assert above)
+    int chunk_bytes = kChunkBytes * 8;
+    while (chunk_bytes > kChunkBytes && np * (chunk_bytes + kRowPad) > kBBufferBytes) chunk_bytes /= 2;
+    const int stride = chunk_bytes + kRowPad;  // an odd number of 16-byte units: conflict-free ldmatrix
     float acc[kWarpTiles][4][4];
 #pragma unroll
     for (int i = 0; i < kWarpTiles; ++i)
@@ -242,70 +272,57 @@ __device__ __forceinline__ void mma_gemm(unsigned char* wbuf, int M, int n_begin
 #pragma unroll
         for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
 
-    // Issue the cp.async copies of chunk (segment s, K byte offset k) into buffer `buf`, one group.
-    auto load = [&](int s, int k, int buf) {
-      const int pieces = min(kChunkBytes, seg_bytes(s) - k) / 16;
-      unsigned char* dst = wbuf + buf * kBBufferBytes;
-      for (int e = threadIdx.x; e < np * pieces; e += kThreads) {
-        const int r = e / pieces, q = e % pieces;
-        cp_async16(dst + r * kBStride + q * 16,
-                   reinterpret_cast<const unsigned char*>(b_row(s, n_begin + p0 + r)) + k + q * 16);
-      }
-      cp_async_commit();
-    };
-    auto advance = [&](int& s, int& k) {
-      k += kChunkBytes;
-      if (k >= seg_bytes(s)) {
-        k = 0;
-        ++s;
-      }
-    };
     // kStages-deep pipeline: chunks c + 1 .. c + kStages - 1 are in flight while chunk c is multiplied.
-    int load_s = 0, load_k = 0;  // the next chunk to load (segment, K byte offset)
-    auto load_next = [&](int buf) {
-      if (load_s < segments) {
-        load(load_s, load_k, buf);
-        advance(load_s, load_k);
-      } else {
-        cp_async_commit();  // an empty group keeps the count of groups per iteration fixed
-      }
+    KCursor load_at{0, 0};  // the next chunk to load
+    auto load_next = [&](int buf) {  // one cp.async group per call (empty past the last chunk)
+      unsigned char* dst = wbuf + buf * kBBufferBytes;
+      load_at = walk_chunk(load_at, segments, chunk_bytes, seg_bytes, [&](int s, int k, int offset, int length) {
+        const int pieces = length / 16;
+        for (int e = threadIdx.x; e < np * pieces; e += kThreads) {
+          const int r = e / pieces, q = e % pieces;
+          cp_async16(dst + r * stride + offset + q * 16,
+                     reinterpret_cast<const unsigned char*>(b_row(s, n_begin + p0 + r)) + k + q * 16);
+        }
+      });
+      cp_async_commit();
     };
 #pragma unroll
     for (int st = 0; st < kStages - 1; ++st) load_next(st);
-    int buf = 0;  // buffer of chunk (s, k)
-    for (int s = 0, k = 0; s < segments; advance(s, k), buf = (buf + 1) % kStages) {
-      cp_async_wait<kStages - 2>();  // this thread's copies of chunk (s, k) have landed
+    int buf = 0;  // buffer of the chunk at `at`
+    for (KCursor at{0, 0}; at.s < segments; buf = (buf + 1) % kStages) {
+      cp_async_wait<kStages - 2>();  // this thread's copies of the chunk at `at` have landed
       __syncthreads();  // ... and every thread's; every warp is done with the previous chunk's buffer
       load_next((buf + kStages - 1) % kStages);  // into the buffer the previous iteration read
-      const int k_steps = min(kChunkBytes, seg_bytes(s) - k) / 32;
       const unsigned char* wb = wbuf + buf * kBBufferBytes;
+      at = walk_chunk(at, segments, chunk_bytes, seg_bytes, [&](int s, int k, int offset, int length) {
 #pragma unroll
-      for (int i = 0; i < kWarpTiles; ++i) {
-        const int tile = warp + i * kWarps;
-        if (tile >= warp_tiles) break;  // warp-uniform
-        const int mb = tile / groups, g = tile % groups;
-        // ldmatrix row addresses of this lane: A matrix (lane / 8) is rows +8 * (lane / 8 % 2), K +16 B * (lane / 16);
-        // B matrix (lane / 8) is weight rows +8 * (lane / 16), K +16 B * (lane / 8 % 2).
-        const int am = min(mb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, M - 1);
-        const unsigned char* a_ptr = a_row(s, am) + k + (lane >> 4) * 16;
-        const unsigned char* b_ptr[2];
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int bn = min(g * 32 + j * 16 + (lane & 7) + (lane >> 4) * 8, np - 1);
-          b_ptr[j] = wb + bn * kBStride + ((lane >> 3) & 1) * 16;
-        }
-        for (int ks = 0; ks < k_steps; ++ks) {
-          uint32_t a[4];
-          ldmatrix_x4(a, a_ptr + ks * 32);
+        for (int i = 0; i < kWarpTiles; ++i) {
+          const int tile = warp + i * kWarps;
+          if (tile >= warp_tiles) break;  // warp-uniform
+          const int mb = tile / groups, g = tile % groups;
+          // ldmatrix row addresses of this lane: A matrix (lane / 8) is rows +8 * (lane / 8 % 2), K +16 B * (lane / 16);
+          // B matrix (lane / 8) is weight rows +8 * (lane / 16), K +16 B * (lane / 8 % 2).
+          const int am = min(mb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, M - 1);
+          const unsigned char* a_ptr = a_row(s, am) + k + (lane >> 4) * 16;
+          const unsigned char* b_ptr[2];
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            uint32_t b[4];
-            ldmatrix_x4(b, b_ptr[j] + ks * 32);
-            Mma<T>::run(acc[i][2 * j], a, b[0], b[1]);
-            Mma<T>::run(acc[i][2 * j + 1], a, b[2], b[3]);
+            const int bn = min(g * 32 + j * 16 + (lane & 7) + (lane >> 4) * 8, np - 1);
+            b_ptr[j] = wb + bn * stride + offset + ((lane >> 3) & 1) * 16;
+          }
+          for (int ks = 0; ks < length / 32; ++ks) {
+            uint32_t a[4];
+            ldmatrix_x4(a, a_ptr + ks * 32);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              uint32_t b[4];
+              ldmatrix_x4(b, b_ptr[j] + ks * 32);
+              Mma<T>::run(acc[i][2 * j], a, b[0], b[1]);
+              Mma<T>::run(acc[i][2 * j + 1], a, b[2], b[3]);
+            }
           }
         }
-      }
+      });
     }
     cp_async_wait<0>();  // only empty groups can be pending here
     __syncthreads();     // the next pass or GEMM refills the buffers
@@ -372,18 +389,49 @@ __global__ void __launch_bounds__(kThreads) residual_block_kernel(
   };
 
   // Stage A: a1 = relu(xin * in_scale + in_shift) on the halo, 0 outside the image; xin of the tile (projection).
-  for (int e = threadIdx.x; e < halo * p.Cin; e += kThreads) {
-    const int h = e / p.Cin, c = e % p.Cin;
-    const int gy = y0 - 1 + h / halo_w, gx = x0 - 1 + h % halo_w;
-    Acc v = Acc(0);
-    if (inside(gy, gx)) v = relu(load_xin<T, Acc>(p, n, gy, gx, c) * to_acc<Acc>(p.in_scale[c]) + to_acc<Acc>(p.in_shift[c]));
-    *elem_at(a1, a1_stride, h, c) = from_acc<T, Acc>(v);
-  }
-  if (p.ws != nullptr) {
-    for (int e = threadIdx.x; e < tile_px * p.Cin; e += kThreads) {
-      const int t = e / p.Cin, c = e % p.Cin;
-      const int gy = y0 + t / S, gx = x0 + t % S;
-      *elem_at(xs, a1_stride, t, c) = from_acc<T, Acc>(inside(gy, gx) ? load_xin<T, Acc>(p, n, gy, gx, c) : Acc(0));
+  if (kMma && !p.pool) {
+    // The raw x rows arrive by cp.async, 16 bytes per copy, all in flight at once (zeros outside the
+    // image); then a1 is transformed in place.
+    const int pieces = p.Cin * elem / 16;
+    auto copy_rows = [&](unsigned char* dst, int rows, int window_w, int oy, int ox) {  // window at (oy, ox)
+      for (int e = threadIdx.x; e < rows * pieces; e += kThreads) {
+        const int r = e / pieces, q = e % pieces;
+        const int gy = oy + r / window_w, gx = ox + r % window_w;
+        unsigned char* dst_piece = dst + static_cast<size_t>(r) * a1_stride + q * 16;
+        if (inside(gy, gx)) {
+          cp_async16(dst_piece, reinterpret_cast<const unsigned char*>(p.x + ((n * p.H + gy) * p.W + gx) * p.Cin) + q * 16);
+        } else {
+          *reinterpret_cast<uint4*>(dst_piece) = make_uint4(0, 0, 0, 0);
+        }
+      }
+    };
+    copy_rows(a1, halo, halo_w, y0 - 1, x0 - 1);
+    if (p.ws != nullptr) copy_rows(xs, tile_px, S, y0, x0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    for (int e = threadIdx.x; e < halo * p.Cin; e += kThreads) {
+      const int h = e / p.Cin, c = e % p.Cin;
+      if (!inside(y0 - 1 + h / halo_w, x0 - 1 + h % halo_w)) continue;  // stays 0
+      T* v = elem_at(a1, a1_stride, h, c);
+      *v = from_acc<T, Acc>(relu(to_acc<Acc>(*v) * to_acc<Acc>(p.in_scale[c]) + to_acc<Acc>(p.in_shift[c])));
+    }
+  } else {
+#pragma unroll 4
+    for (int e = threadIdx.x; e < halo * p.Cin; e += kThreads) {
+      const int h = e / p.Cin, c = e % p.Cin;
+      const int gy = y0 - 1 + h / halo_w, gx = x0 - 1 + h % halo_w;
+      Acc v = Acc(0);
+      if (inside(gy, gx)) v = relu(load_xin<T, Acc>(p, n, gy, gx, c) * to_acc<Acc>(p.in_scale[c]) + to_acc<Acc>(p.in_shift[c]));
+      *elem_at(a1, a1_stride, h, c) = from_acc<T, Acc>(v);
+    }
+    if (p.ws != nullptr) {
+#pragma unroll 4
+      for (int e = threadIdx.x; e < tile_px * p.Cin; e += kThreads) {
+        const int t = e / p.Cin, c = e % p.Cin;
+        const int gy = y0 + t / S, gx = x0 + t % S;
+        *elem_at(xs, a1_stride, t, c) = from_acc<T, Acc>(inside(gy, gx) ? load_xin<T, Acc>(p, n, gy, gx, c) : Acc(0));
+      }
     }
   }
   __syncthreads();
@@ -459,11 +507,11 @@ int element_size(shg_dtype dtype) { return dtype == SHG_FLOAT64 ? 8 : (dtype == 
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // The tensor-core path: fp16/bf16, or fp32 with TF32 allowed; every channel count a multiple of
-// 16 (K rows of whole 32-byte k-steps, n8 slices); weights 16-byte aligned (cp.async).
+// 16 (K rows of whole 32-byte k-steps, n8 slices); x and the weights 16-byte aligned (cp.async).
 bool use_mma(const shg_residual_block_args& a, shg_dtype dtype) {
   const bool type_ok = dtype == SHG_FLOAT16 || dtype == SHG_BFLOAT16 || (dtype == SHG_FLOAT32 && a.allow_tf32);
-  return type_ok && a.Cin % 16 == 0 && a.Cmid % 16 == 0 && a.Cout % 16 == 0 && aligned16(a.w1) && aligned16(a.w2) &&
-         aligned16(a.w3) && (a.ws == nullptr || aligned16(a.ws));
+  return type_ok && a.Cin % 16 == 0 && a.Cmid % 16 == 0 && a.Cout % 16 == 0 && aligned16(a.x) && aligned16(a.w1) &&
+         aligned16(a.w2) && aligned16(a.w3) && (a.ws == nullptr || aligned16(a.ws));
 }
 
 size_t smem_bytes(const shg_residual_block_args& a, shg_dtype dtype, int S) {

@@ -19,7 +19,8 @@ from ..fusion import FoldedResidual
 from .conv_bn_relu import SUPPORTED_DTYPES
 from .residual_block import RESIDUAL_BLOCK
 
-__all__ = ["residual_block_extension", "cuda_smem_bytes", "prepack_for_cuda", "uses_tensor_cores", "cuda_tiling", "TILE_SIZES"]
+__all__ = ["residual_block_extension", "cuda_smem_bytes", "prepack_for_cuda", "uses_tensor_cores", "cuda_tiling",
+           "block_smem_bytes", "block_tiling", "TILE_SIZES"]
 
 # Mirrors of the constants of csrc/cuda/residual_block.cu (tests/ops/test_cuda_ops.py checks them against
 # shg_residual_block_smem_bytes): output tiles S x S, activation rows padded by 16 bytes, three weight
@@ -37,12 +38,41 @@ def uses_tensor_cores(dtype: torch.dtype, block: FoldedResidual, allow_tf32: boo
     """Whether the CUDA kernel takes its tensor-core path (ldmatrix + mma.sync) for this block.
 
     fp16/bf16, or float32 with TF32 allowed (``torch.backends.cuda.matmul.allow_tf32`` unless
-    given); every channel count a multiple of 16 (the C++ side also needs 16-byte aligned
-    weights, which fresh tensors are).
+    given); every channel count a multiple of 16 (the C++ side also needs x and the weights
+    16-byte aligned, which fresh tensors are).
     """
     tf32 = bool(torch.backends.cuda.matmul.allow_tf32) if allow_tf32 is None else allow_tf32
     type_ok = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and tf32)
     return type_ok and all(c % 16 == 0 for c in (block.in_channels, block.mid_channels, block.out_channels))
+
+
+def block_smem_bytes(elem: int, mma: bool, cin: int, mid: int, projection: bool, tile: int) -> int:
+    """Shared memory of one CTA (``smem_layout`` in residual_block.cu): element size, path, channels, tile."""
+    halo, pixels = (tile + 2) ** 2, tile * tile
+    a1_h2 = max(halo * (cin * elem + _ROW_PAD), pixels * (mid * elem + _ROW_PAD))
+    total = _align128(a1_h2) + _align128(halo * (mid * elem + _ROW_PAD))
+    if projection:
+        total += _align128(pixels * (cin * elem + _ROW_PAD))
+    return total + (_WEIGHT_BUFFERS if mma else 0)
+
+
+def block_tiling(elem: int, mma: bool, cin: int, mid: int, cout: int, projection: bool, batch: int, height: int,
+                 width: int, sms: int, smem_limit: int, clusters: bool) -> tuple[int, int]:
+    """``(S, R)`` of ``choose_tiling`` in residual_block.cu; see :func:`cuda_tiling`."""
+    best = (0, 1)
+    for tile in TILE_SIZES:
+        if block_smem_bytes(elem, mma, cin, mid, projection, tile) > smem_limit:
+            continue
+        if tile != TILE_SIZES[-1] and tile > max(height, width):
+            continue
+        tiles = batch * -(-height // tile) * -(-width // tile)
+        r = 1
+        while mma and clusters and r < 8 and tiles * r * 10 < sms * 9 and mid % (16 * r) == 0 and cout % (16 * r) == 0:
+            r *= 2
+        best = (tile, r)
+        if tiles * r * 10 >= sms * 9:
+            break
+    return best
 
 
 def cuda_smem_bytes(x: torch.Tensor, block: FoldedResidual, tile: int = TILE_SIZES[-1],
@@ -52,15 +82,8 @@ def cuda_smem_bytes(x: torch.Tensor, block: FoldedResidual, tile: int = TILE_SIZ
     The default, the smallest tile, is what ``shg_residual_block_smem_bytes`` reports: the least
     the kernel needs to run (its launcher takes a larger tile when that fits the device).
     """
-    cin, mid, elem = block.in_channels, block.mid_channels, x.element_size()
-    halo, pixels = (tile + 2) ** 2, tile * tile
-    a1_h2 = max(halo * (cin * elem + _ROW_PAD), pixels * (mid * elem + _ROW_PAD))
-    total = _align128(a1_h2) + _align128(halo * (mid * elem + _ROW_PAD))
-    if block.ws is not None:
-        total += _align128(pixels * (cin * elem + _ROW_PAD))
-    if uses_tensor_cores(x.dtype, block, allow_tf32):
-        total += _WEIGHT_BUFFERS
-    return total
+    return block_smem_bytes(x.element_size(), uses_tensor_cores(x.dtype, block, allow_tf32), block.in_channels,
+                            block.mid_channels, block.ws is not None, tile)
 
 
 def cuda_tiling(dtype: torch.dtype, block: FoldedResidual, batch: int, height: int, width: int, sms: int,
@@ -73,23 +96,9 @@ def cuda_tiling(dtype: torch.dtype, block: FoldedResidual, batch: int, height: i
     ``C_out / R`` multiples of 8 and is 1 on the exact path or without clusters. ``(0, 1)`` when
     no tile fits.
     """
-    mma = uses_tensor_cores(dtype, block, allow_tf32)
-    probe = torch.empty(0, dtype=dtype)
-    best = (0, 1)
-    for tile in TILE_SIZES:
-        if cuda_smem_bytes(probe, block, tile, allow_tf32) > smem_limit:
-            continue
-        if tile != TILE_SIZES[-1] and tile > max(height, width):
-            continue
-        tiles = batch * -(-height // tile) * -(-width // tile)
-        r = 1
-        while (mma and clusters and r < 8 and tiles * r * 10 < sms * 9 and block.mid_channels % (16 * r) == 0
-               and block.out_channels % (16 * r) == 0):
-            r *= 2
-        best = (tile, r)
-        if tiles * r * 10 >= sms * 9:
-            break
-    return best
+    elem = torch.empty(0, dtype=dtype).element_size()
+    return block_tiling(elem, uses_tensor_cores(dtype, block, allow_tf32), block.in_channels, block.mid_channels,
+                        block.out_channels, block.ws is not None, batch, height, width, sms, smem_limit, clusters)
 
 
 def prepack_for_cuda(block: FoldedResidual) -> FoldedResidual:

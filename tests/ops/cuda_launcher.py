@@ -57,10 +57,10 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 def block_args(block: FoldedResidual, n: int, h: int, w: int, *, allow_tf32: bool = False,
                pool_input: bool = False) -> ResidualBlockArgs:
-    """Sizes and flags only (no pointers but ws/bs/w1.. set to a 256-aligned dummy so alignment checks pass)."""
+    """Sizes and flags, for the host-side launchers (x, w1, w2, w3, ws, bs set to an aligned dummy address)."""
     args = ResidualBlockArgs()
     dummy = 256
-    for name in ("w1", "w2", "w3"):
+    for name in ("x", "w1", "w2", "w3"):
         setattr(args, name, dummy)
     if block.ws is not None:
         args.ws = args.bs = dummy
