@@ -49,7 +49,9 @@ def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
 
     ``conv``: ``k``, ``stride``, ``c1``, ``c2`` (second GEMM input, 0 if none), ``c_out``, output
     ``size``, flags ``residual`` and ``upsample``. The kernel's time is its padded tiles
-    (``conv_config``) in waves over 132 SMs at the matrix rate, at least the DRAM time.
+    (``conv_config``) in waves over 132 SMs, each CTA the slower of its MMA work at the matrix
+    rate and its K loop's load latency (``num_stages - 1`` steps in flight, ``l2_latency_us``
+    each), at least the DRAM time.
     """
     from .kernels.conv_bn_relu import conv_config
 
@@ -67,7 +69,11 @@ def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
     steps = (math.ceil(k * k * c1 / bk) if cfg["PACK_TAPS"] else
              k * k * (math.ceil(c1 / bk) + (math.ceil(c2 / bk) if c2 else 0)))
     ctas = math.ceil(m / bm) * math.ceil(c_out / bn) * split
-    cta_us = 2.0 * bm * bn * bk * math.ceil(steps / split) / (rate / H200_SMS) * 1e6
+    cta_steps = math.ceil(steps / split)
+    mma_us = 2.0 * bm * bn * bk * cta_steps / (rate / H200_SMS) * 1e6
+    # The K loop's loads: num_stages - 1 steps in flight, each an L2 round trip (as the CUDA block model).
+    latency_us = cta_steps * ASSUMPTIONS["l2_latency_us"] / max(1, cfg["num_stages"] - 1)
+    cta_us = max(mma_us, latency_us)
     partial_bytes = 2 * 4 * split * m * c_out if split > 1 else 0
     kernel_us = max(math.ceil(ctas / H200_SMS) * cta_us, (bytes_ + partial_bytes) / (COPY_TBPS * 1e12) * 1e6)
     launches = 2 if split > 1 else 1

@@ -525,19 +525,24 @@ struct Tiling {
 };
 
 // Largest tile S <= max(H, W) (or the smallest, S = 2) whose shared memory fits and whose tiles
-// times the smallest sufficient R reach 90% of the SMs; R in {1, 2, 4, 8} divides Cmid / 8 and
-// Cout / 8 (tensor-core path on sm_90+ only; the exact path keeps R = 1).
+// times R reach 90% of the SMs, where R in {1, 2, 4, 8} is the smallest that reaches 90% of the
+// resident CTA slots (SMs x 2 when two CTAs fit one SM's shared memory), or 8. R keeps Cmid / R
+// and Cout / R multiples of 8 (tensor-core path on sm_90+ only; the exact path keeps R = 1). A
+// larger R shortens each CTA's weight stream (1/R of every weight), which bounds small maps at
+// batch 1, so R grows before S shrinks.
 Tiling choose_tiling(const shg_residual_block_args& a, shg_dtype dtype, int sms, int smem_limit, bool clusters) {
   const bool mma = use_mma(a, dtype);
   Tiling best{0, 1, 0, 0};
   for (int S : kTiles) {
     const bool last = S == kTiles[sizeof(kTiles) / sizeof(kTiles[0]) - 1];
-    if (smem_bytes(a, dtype, S) > static_cast<size_t>(smem_limit)) continue;
+    const size_t smem = smem_bytes(a, dtype, S);
+    if (smem > static_cast<size_t>(smem_limit)) continue;
     if (!last && S > (a.H > a.W ? a.H : a.W)) continue;  // a smaller tile covers the map
+    const int64_t slots = static_cast<int64_t>(sms) * (2 * (smem + 1024) <= static_cast<size_t>(smem_limit) + 1024 ? 2 : 1);
     const int64_t tiles_w = (a.W + S - 1) / S, tiles = a.N * ((a.H + S - 1) / S) * tiles_w;
     int R = 1;
-    while (mma && clusters && R < kMaxCluster && tiles * R * 10 < static_cast<int64_t>(sms) * 9 &&
-           a.Cmid % (16 * R) == 0 && a.Cout % (16 * R) == 0) {
+    while (mma && clusters && R < kMaxCluster && tiles * R * 10 < slots * 9 && a.Cmid % (16 * R) == 0 &&
+           a.Cout % (16 * R) == 0) {
       R *= 2;
     }
     best = Tiling{S, R, tiles_w, (a.H + S - 1) / S * tiles_w};

@@ -61,13 +61,15 @@ def block_tiling(elem: int, mma: bool, cin: int, mid: int, cout: int, projection
     """``(S, R)`` of ``choose_tiling`` in residual_block.cu; see :func:`cuda_tiling`."""
     best = (0, 1)
     for tile in TILE_SIZES:
-        if block_smem_bytes(elem, mma, cin, mid, projection, tile) > smem_limit:
+        smem = block_smem_bytes(elem, mma, cin, mid, projection, tile)
+        if smem > smem_limit:
             continue
         if tile != TILE_SIZES[-1] and tile > max(height, width):
             continue
+        slots = sms * (2 if 2 * (smem + 1024) <= smem_limit + 1024 else 1)
         tiles = batch * -(-height // tile) * -(-width // tile)
         r = 1
-        while mma and clusters and r < 8 and tiles * r * 10 < sms * 9 and mid % (16 * r) == 0 and cout % (16 * r) == 0:
+        while mma and clusters and r < 8 and tiles * r * 10 < slots * 9 and mid % (16 * r) == 0 and cout % (16 * r) == 0:
             r *= 2
         best = (tile, r)
         if tiles * r * 10 >= sms * 9:
@@ -91,10 +93,11 @@ def cuda_tiling(dtype: torch.dtype, block: FoldedResidual, batch: int, height: i
     """``(S, R)``: the tile size and cluster size the CUDA launcher picks (``shg_residual_block_tiling``).
 
     The largest tile ``S`` of :data:`TILE_SIZES` not above ``max(height, width)`` (the smallest
-    always qualifies) whose shared memory fits ``smem_limit`` and whose tile count times the
-    smallest sufficient ``R`` in 1, 2, 4, 8 reaches 90% of ``sms``; ``R`` keeps ``C_mid / R`` and
-    ``C_out / R`` multiples of 8 and is 1 on the exact path or without clusters. ``(0, 1)`` when
-    no tile fits.
+    always qualifies) whose shared memory fits ``smem_limit`` and whose tile count times ``R``
+    reaches 90% of ``sms``, where ``R`` in 1, 2, 4, 8 is the smallest reaching 90% of the CTA
+    slots (``sms`` x 2 when two CTAs fit one SM's shared memory, ``smem_limit`` + 1 KB on
+    Hopper), or 8; ``R`` keeps ``C_mid / R`` and ``C_out / R`` multiples of 8 and is 1 on the
+    exact path or without clusters. ``(0, 1)`` when no tile fits.
     """
     elem = torch.empty(0, dtype=dtype).element_size()
     return block_tiling(elem, uses_tensor_cores(dtype, block, allow_tf32), block.in_channels, block.mid_channels,

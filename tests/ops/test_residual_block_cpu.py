@@ -134,9 +134,9 @@ def test_tiling_fills_an_h200_at_batch_1():
     """Predicted tiling (the launcher's rule, mirrored): maps 64..16 reach >= 90% of 132 SMs at batch 1."""
     block = make_block(256, 256, torch.bfloat16)
     got = {size: cuda_tiling(torch.bfloat16, block, 1, size, size, 132, H200_SMEM_OPTIN) for size in (64, 32, 16, 8, 4)}
-    assert got == {64: (8, 2), 32: (8, 8), 16: (4, 8), 8: (2, 8), 4: (2, 8)}
+    assert got == {64: (8, 4), 32: (8, 8), 16: (4, 8), 8: (2, 8), 4: (2, 8)}
     assert cuda_tiling(torch.bfloat16, block, 64, 64, 64, 132, H200_SMEM_OPTIN) == (8, 1)
-    assert cuda_tiling(torch.bfloat16, block, 64, 4, 4, 132, H200_SMEM_OPTIN) == (4, 2)
+    assert cuda_tiling(torch.bfloat16, block, 64, 4, 4, 132, H200_SMEM_OPTIN) == (4, 4)
     assert cuda_tiling(torch.bfloat16, block, 1, 16, 16, 132, H200_SMEM_OPTIN, clusters=False) == (2, 1)
     assert cuda_tiling(torch.float64, make_block(256, 256), 1, 64, 64, 132, H200_SMEM_OPTIN) == (4, 1)
 
