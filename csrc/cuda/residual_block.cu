@@ -24,17 +24,22 @@
 // Tensor-core path (fp16, bf16, and fp32 as TF32 when the caller allows TF32): 8 warps; the
 // weights of a chunk (up to kNPass rows x 128 bytes of K, or fewer rows x up to 1 KB; rows
 // padded by 16 bytes) are copied to shared memory by cp.async into one of kStages = 3 buffers
-// (chunks c+1 and c+2 load while chunk c is multiplied) and read by every warp. Warp tile: 16 rows x 32 columns (4 mma n8 tiles); warp w takes warp
-// tiles w, w + 8 (at most kWarpTiles of them per pass over kNPass columns). Per k-step of
+// (chunks c+1 and c+2 load while chunk c is multiplied) and read by every warp. Warp tile: 16
+// rows x 32 columns (4 mma n8 tiles); warp w takes warp tiles w, w + 8 (at most kWarpTiles of
+// them per pass over kNPass columns; tile t is row block t / groups, column group t % groups). Per k-step of
 // 32 bytes (k16 for 16-bit, k8 for TF32) a warp loads A with one ldmatrix.x4 and B with two
 // ldmatrix.x4 and issues 4 mma.sync (m16n8k16 f16/bf16, or m16n8k8 tf32), fp32 accumulation.
 // Rows past M (the padding of M to 16) and columns past the slice read clamped addresses and
 // are dropped by the epilogue.
 //
-// Exact path (fp64; fp32 without TF32; channel counts the tensor-core path does not take): the
-// same stages with one thread per output element and weights read from global memory, fp64
-// accumulation for double, fp32 otherwise; R = 1. Slow (no tensor cores); `auto` in Python
-// does not choose it for float32 (those blocks run on the Triton convs).
+// Exact path (fp64; fp32 without TF32; channel counts the tensor-core path does not take; x or
+// weights not 16-byte aligned): the same stages with one thread per output element and weights
+// read from global memory, fp64 accumulation for double, fp32 otherwise; R = 1. Slow (no tensor
+// cores): the Python `cuda` backend refuses exact float32 blocks (they run on the Triton convs).
+//
+// Without a GPU this was checked by a float64 emulation of the tiling, cluster slices, gathers
+// and the ldmatrix / mma.sync fragment layouts of the PTX ISA against the reference (odd sizes,
+// partial tiles, pool_input with NaN, R = 1..4, multi-pass and multi-chunk GEMMs).
 #include <cooperative_groups.h>
 
 #include <type_traits>
