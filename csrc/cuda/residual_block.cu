@@ -177,12 +177,22 @@ struct Mma<__nv_bfloat16> {
   }
 };
 template <>
-struct Mma<float> {  // TF32: the tensor cores read the top 19 bits of each fp32 operand
+struct Mma<float> {  // TF32: operands rounded to TF32 by to_operand (as cuBLAS does), fp32 accumulation
   __device__ __forceinline__ static void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     SHG_MMA_SYNC("m16n8k8.row.col.f32.tf32.tf32.f32");
   }
 };
 #undef SHG_MMA_SYNC
+
+// Registers loaded by ldmatrix as mma operands: as they are for 16-bit types; fp32 values rounded
+// to the nearest TF32 (cvt.rna; the tensor cores would otherwise drop the low 13 mantissa bits).
+template <typename T, int kCount>
+__device__ __forceinline__ void to_operand(uint32_t (&r)[kCount]) {
+  if constexpr (std::is_same_v<T, float>) {
+#pragma unroll
+    for (int i = 0; i < kCount; ++i) asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r[i]) : "f"(__uint_as_float(r[i])));
+  }
+}
 
 // ---- cluster helpers (a cluster of one CTA on GPUs before sm_90) -----------------------------
 
@@ -318,10 +328,12 @@ __device__ __forceinline__ void mma_gemm(unsigned char* wbuf, int M, int n_begin
           for (int ks = 0; ks < length / 32; ++ks) {
             uint32_t a[4];
             ldmatrix_x4(a, a_ptr + ks * 32);
+            to_operand<T>(a);
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
               uint32_t b[4];
               ldmatrix_x4(b, b_ptr[j] + ks * 32);
+              to_operand<T>(b);
               Mma<T>::run(acc[i][2 * j], a, b[0], b[1]);
               Mma<T>::run(acc[i][2 * j + 1], a, b[2], b[3]);
             }
