@@ -20,12 +20,17 @@ from ..helpers import backends_of, randomize_bn
 # (C_in, C_out, H_x, W_x): projection and identity skips; odd, even and the smallest maps.
 CASES = [(19, 38, 9, 11), (38, 38, 7, 6), (16, 16, 2, 3)]
 # (backend, dtype name): the CPU backends in float64 and float32; Triton in its interpreter; CUDA on a GPU.
-FLOAT32_RUNS = [(b, "float32") for b in backends_of(RESIDUAL_BLOCK)] + [
-    pytest.param("triton", "float32", marks=pytest.mark.triton)]
-RUNS = [(b, "float64") for b in backends_of(RESIDUAL_BLOCK)] + FLOAT32_RUNS + [
-    pytest.param("triton", "float16", marks=pytest.mark.triton),
-    pytest.param("cuda", "float16", marks=pytest.mark.gpu),
-    pytest.param("cuda", "bfloat16", marks=pytest.mark.gpu)]
+# (backend, dtype name, device): the CPU backends in float64 and float32; Triton in its interpreter on CPU
+# tensors and compiled on a GPU; the CUDA kernel on a GPU.
+FLOAT32_RUNS = [(b, "float32", "cpu") for b in backends_of(RESIDUAL_BLOCK)] + [
+    pytest.param("triton", "float32", "cpu", marks=pytest.mark.triton),
+    pytest.param("triton", "float32", "cuda", marks=pytest.mark.gpu)]
+RUNS = [(b, "float64", "cpu") for b in backends_of(RESIDUAL_BLOCK)] + FLOAT32_RUNS + [
+    pytest.param("triton", "float16", "cpu", marks=pytest.mark.triton),
+    pytest.param("triton", "float16", "cuda", marks=pytest.mark.gpu),
+    pytest.param("triton", "bfloat16", "cuda", marks=pytest.mark.gpu),
+    pytest.param("cuda", "float16", "cuda", marks=pytest.mark.gpu),
+    pytest.param("cuda", "bfloat16", "cuda", marks=pytest.mark.gpu)]
 
 
 def _module(cin, cout):
@@ -41,22 +46,26 @@ def _truth(module, x, up=None):
     return out
 
 
-def _setup(backend, dtype_name):
-    dtype = getattr(torch, dtype_name)
+def _skip_without_triton(device):
+    from shg_fast.ops import triton_backend
+
+    if triton_backend.IMPORT_ERROR:
+        pytest.skip(triton_backend.IMPORT_ERROR)
+    if device == "cpu" and torch.cuda.is_available():
+        pytest.skip("the interpreter runs on CPU-only machines (TRITON_INTERPRET is set there)")
+
+
+def _setup(backend, dtype_name, device):
     if backend == "triton":
-        from shg_fast.ops import triton_backend
-
-        if triton_backend.IMPORT_ERROR:
-            pytest.skip(triton_backend.IMPORT_ERROR)
-    device = "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu"
-    return dtype, device
+        _skip_without_triton(device)
+    return getattr(torch, dtype_name), device
 
 
-@pytest.mark.parametrize("backend,dtype_name", RUNS)
+@pytest.mark.parametrize("backend,dtype_name,device", RUNS)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
 @pytest.mark.parametrize("with_upsample", [False, True], ids=["plain", "upsample"])
-def test_pooled_block_matches_float64_truth(backend, dtype_name, case, with_upsample, poison_empty):
-    dtype, device = _setup(backend, dtype_name)
+def test_pooled_block_matches_float64_truth(backend, dtype_name, device, case, with_upsample, poison_empty):
+    dtype, device = _setup(backend, dtype_name, device)
     cin, cout, hx, wx = case
     module = _module(cin, cout)
     block = FoldedResidual.from_module(module).to(device=device, dtype=dtype)
@@ -73,10 +82,10 @@ def test_pooled_block_matches_float64_truth(backend, dtype_name, case, with_upsa
     assert_close_to_reference(out, _truth(module, x64, up64), dtype_name, same)
 
 
-@pytest.mark.parametrize("backend,dtype_name", FLOAT32_RUNS)
+@pytest.mark.parametrize("backend,dtype_name,device", FLOAT32_RUNS)
 @pytest.mark.parametrize("channels", [(19, 38), (18, 18)], ids=["projection", "identity"])
-def test_nan_propagates_through_the_pool_and_the_floor_drops_the_last_row(backend, dtype_name, channels):
-    dtype, device = _setup(backend, dtype_name)
+def test_nan_propagates_through_the_pool_and_the_floor_drops_the_last_row(backend, dtype_name, device, channels):
+    dtype, device = _setup(backend, dtype_name, device)
     module = _module(*channels)
     block = FoldedResidual.from_module(module).to(device=device, dtype=dtype)
     x64 = torch.randn(1, channels[0], 9, 7, dtype=torch.float64)
@@ -118,19 +127,17 @@ def test_library_op_fake_kernel_and_checks():
 
 
 # Direct Triton conv launches: each pooled input alone, K split (few tiles) or whole (one SM reported).
-@pytest.mark.triton
 @pytest.mark.parametrize("pooled", ["x", "x2", "residual"])
 @pytest.mark.parametrize("split", [True, False], ids=["split_k", "whole_k"])
-@pytest.mark.parametrize("dtype_name", ["float32", "float16"])
-def test_triton_conv_reads_each_input_pooled(pooled, split, dtype_name, monkeypatch, poison_empty):
+@pytest.mark.parametrize("dtype_name,device", [
+    pytest.param("float32", "cpu", marks=pytest.mark.triton), pytest.param("float16", "cpu", marks=pytest.mark.triton),
+    pytest.param("float32", "cuda", marks=pytest.mark.gpu), pytest.param("float16", "cuda", marks=pytest.mark.gpu)])
+def test_triton_conv_reads_each_input_pooled(pooled, split, dtype_name, device, monkeypatch, poison_empty):
+    _skip_without_triton(device)
+    from shg_fast.kernels.conv_bn_relu import conv_config
     from shg_fast.ops import triton_backend
 
-    if triton_backend.IMPORT_ERROR:
-        pytest.skip(triton_backend.IMPORT_ERROR)
-    from shg_fast.kernels.conv_bn_relu import conv_config
-
     dtype = getattr(torch, dtype_name)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     # 16 K steps (of 16 channels in float32, 64 in float16): the rule splits K in two for these 20 pixels.
     c1, c2, c_out, h, w = 256 if dtype == torch.float32 else 1024, 0, 24, 4, 5
     if pooled == "x2":
