@@ -25,6 +25,7 @@ fail to import, the backend reports why instead of breaking ``import shg_fast``.
 
 from __future__ import annotations
 
+import threading
 from typing import List, Optional, Tuple
 
 import torch
@@ -146,7 +147,7 @@ def _sm_count(device: torch.device) -> int:
     return H200_SMS
 
 
-#: Split-K workspaces: (device, stream id) -> a flat float32 buffer, grown to the largest size asked for.
+#: Split-K workspaces: (device, stream id or CPU thread) -> a flat float32 buffer, grown to the largest size asked for.
 _WORKSPACES: dict[tuple, torch.Tensor] = {}
 #: Most (device, stream) workspaces kept: PyTorch's pooled streams are few; the oldest goes first.
 _MAX_WORKSPACES = 16
@@ -161,12 +162,13 @@ def _workspace(numel: int, device: torch.device) -> torch.Tensor:
     """``numel`` float32 elements of scratch for split-K partial sums, reused between calls.
 
     Kept per (device, stream): kernels on one stream run in order, so the next call's partials
-    are written only after this call's reduce has read them. Under ``torch.compile`` tracing and
+    are written only after this call's reduce has read them (CPU tensors, in the interpreter:
+    per thread, which runs its kernels synchronously). Under ``torch.compile`` tracing and
     during CUDA-graph capture a fresh tensor is allocated instead (a graph owns its memory).
     """
     if torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         return torch.empty(numel, dtype=torch.float32, device=device)
-    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else threading.get_ident()
     key = (device, stream)
     buf = _WORKSPACES.pop(key, None)
     if buf is None or buf.numel() < numel:
