@@ -514,6 +514,9 @@ class _Builder:
             tactic = choice.table("residual_block", key)
             if tactic is None:
                 tactic = self._default_gpu_block(block)
+            if pool_input and tactic.backend == "cuda":
+                tactic = dataclasses.replace(tactic, reason=tactic.reason + "; the max-pool before it fused (read as x "
+                                                                            "loads)")
             if tactic.backend == "cuda":
                 return self._cuda_block(name, key, tactic, x, block, upsample, out_shape, pool_input)
             if tactic.backend == "triton":
