@@ -50,6 +50,8 @@ typedef struct {
   const void* upsample;  // (N, ceil(H/2), ceil(W/2), Cout) nearest-2x added last, or NULL
   void* out;             // (N, H, W, Cout)
   int64_t N, H, W, Cin, Cmid, Cout;
+  int64_t in_H, in_W;    // dims of x: (N, in_H, in_W, Cin); equal to H, W unless pool_input
+  int pool_input;        // 1: the block's input is the 2x2/stride-2 max-pool of x (H = in_H / 2, W = in_W / 2, floor); NaN propagates
 } shg_residual_block_args;
 
 // Dynamic shared memory (bytes) one block of shg_residual_block needs for these arguments;
