@@ -53,13 +53,16 @@ inline void check_decode_heatmaps(const at::Tensor& heatmaps, const c10::optiona
   }
 }
 
-// Shape, dtype and device of the folded residual block (see shg_fast.fusion.FoldedResidual).
+// Shape, dtype and device of the folded residual block (see shg_fast.fusion.FoldedResidual); with
+// pool_input the block runs on max_pool2d(x, 2, 2), so upsample is relative to the pooled size.
 inline void check_residual_block(const at::Tensor& x, const at::Tensor& in_scale, const at::Tensor& in_shift,
                                  const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                                  const at::Tensor& b2, const at::Tensor& w3, const at::Tensor& b3,
                                  const c10::optional<at::Tensor>& ws, const c10::optional<at::Tensor>& bs,
-                                 const c10::optional<at::Tensor>& upsample) {
+                                 const c10::optional<at::Tensor>& upsample, bool pool_input) {
   TORCH_CHECK(x.dim() == 4, "residual_block: x must be 4-D (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK(!pool_input || (x.size(2) >= 2 && x.size(3) >= 2),
+              "residual_block: pool_input needs x of at least 2x2 pixels (2x2 max-pool, stride 2), got ", x.sizes());
   check_float_dtype(x, "residual_block", "x");
   TORCH_CHECK(w1.dim() == 4 && w3.dim() == 4, "residual_block: w1 and w3 must be 4-D conv weights, got ", w1.sizes(),
               " and ", w3.sizes());
@@ -87,7 +90,8 @@ inline void check_residual_block(const at::Tensor& x, const at::Tensor& in_scale
     check(*bs, "bs", {cout});
   }
   if (upsample.has_value()) {
-    check(*upsample, "upsample", {x.size(0), cout, (x.size(2) + 1) / 2, (x.size(3) + 1) / 2});
+    const int64_t h = pool_input ? x.size(2) / 2 : x.size(2), w = pool_input ? x.size(3) / 2 : x.size(3);
+    check(*upsample, "upsample", {x.size(0), cout, (h + 1) / 2, (w + 1) / 2});
   }
 }
 

@@ -22,9 +22,10 @@ std::tuple<at::Tensor, at::Tensor> decode_heatmaps_cpu(const at::Tensor& heatmap
 at::Tensor residual_block_cpu(const at::Tensor& x, const at::Tensor& in_scale, const at::Tensor& in_shift,
                               const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
                               const at::Tensor& w3, const at::Tensor& b3, const c10::optional<at::Tensor>& ws,
-                              const c10::optional<at::Tensor>& bs, const c10::optional<at::Tensor>& upsample) {
-  check_residual_block(x, in_scale, in_shift, w1, b1, w2, b2, w3, b3, ws, bs, upsample);
-  return cpu::residual_block(x, in_scale, in_shift, w1, b1, w2, b2, w3, b3, ws, bs, upsample);
+                              const c10::optional<at::Tensor>& bs, const c10::optional<at::Tensor>& upsample,
+                              bool pool_input) {
+  check_residual_block(x, in_scale, in_shift, w1, b1, w2, b2, w3, b3, ws, bs, upsample, pool_input);
+  return cpu::residual_block(x, in_scale, in_shift, w1, b1, w2, b2, w3, b3, ws, bs, upsample, pool_input);
 }
 
 at::Tensor winograd_weight_cpu(const at::Tensor& weight) {

@@ -92,12 +92,15 @@ std::tuple<at::Tensor, at::Tensor> decode_heatmaps_cuda(const at::Tensor& heatma
 at::Tensor residual_block_cuda(const at::Tensor& x_in, const at::Tensor& in_scale, const at::Tensor& in_shift,
                                const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
                                const at::Tensor& w3, const at::Tensor& b3, const c10::optional<at::Tensor>& ws,
-                               const c10::optional<at::Tensor>& bs, const c10::optional<at::Tensor>& upsample_in) {
-  check_residual_block(x_in, in_scale, in_shift, w1, b1, w2, b2, w3, b3, ws, bs, upsample_in);
+                               const c10::optional<at::Tensor>& bs, const c10::optional<at::Tensor>& upsample_in,
+                               bool pool_input) {
+  check_residual_block(x_in, in_scale, in_shift, w1, b1, w2, b2, w3, b3, ws, bs, upsample_in, pool_input);
   check_cuda_tensor(x_in, "residual_block", "x");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const bool nhwc = prefers_channels_last(x_in);
-  const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const int64_t N = x_in.size(0), Cin = x_in.size(1), in_H = x_in.size(2), in_W = x_in.size(3);
+  // The block's own size: that of the 2x2/stride-2 max-pool of x (floor) with pool_input, which the kernel reads.
+  const int64_t H = pool_input ? in_H / 2 : in_H, W = pool_input ? in_W / 2 : in_W;
   const int64_t Cmid = w1.size(0), Cout = w3.size(0);
   // The kernel works in NHWC with 2-D 1x1 weights and tap-major 3x3 weights [dy][dx][out][in]
   // (no copy when w2 is already stored that way: shg_fast.ops.cuda_backend.prepack_for_cuda).
@@ -131,6 +134,9 @@ at::Tensor residual_block_cuda(const at::Tensor& x_in, const at::Tensor& in_scal
     args.Cin = Cin;
     args.Cmid = Cmid;
     args.Cout = Cout;
+    args.in_H = in_H;
+    args.in_W = in_W;
+    args.pool_input = pool_input ? 1 : 0;
     const shg_dtype dtype = to_shg_dtype(x.scalar_type());
     const size_t smem = shg_residual_block_smem_bytes(&args, dtype);
     const size_t limit = max_shared_memory_per_block();

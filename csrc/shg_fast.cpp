@@ -21,9 +21,11 @@ TORCH_LIBRARY(shg_fast, m) {
   m.def("decode_heatmaps(Tensor heatmaps, Tensor? flipped, int[] flip_perm) -> (Tensor, Tensor)");
   // Eval-mode residual block on shg_fast.fusion.FoldedResidual's tensors (ws/bs: projection skip or
   // None for the identity), plus nearest-2x upsample (N, C_out, ceil(H/2), ceil(W/2)) when given.
+  // With pool_input the block's input is max_pool2d(x, 2, 2) (floor; NaN propagates): the output
+  // and upsample's H, W are then those of the pooled input (H_x // 2, W_x // 2).
   // The output is channels_last exactly when x is channels_last and not contiguous.
   m.def("residual_block(Tensor x, Tensor in_scale, Tensor in_shift, Tensor w1, Tensor b1, Tensor w2, Tensor b2, "
-        "Tensor w3, Tensor b3, Tensor? ws, Tensor? bs, Tensor? upsample) -> Tensor");
+        "Tensor w3, Tensor b3, Tensor? ws, Tensor? bs, Tensor? upsample, bool pool_input=False) -> Tensor");
   // 3x3 convolution (stride 1, padding 1) by Winograd F(4x4, 3x3), CPU only: winograd_weight turns
   // (C_out, C_in, 3, 3) weights into (36, C_in, C_out); winograd_conv3x3 adds bias, then ReLU if asked.
   // The output is channels_last exactly when x is channels_last and not contiguous.

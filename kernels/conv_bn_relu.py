@@ -16,10 +16,32 @@ writes float32 partial sums to a workspace; ``conv_split_k_reduce_kernel`` then 
 partials in a fixed order (deterministic) and applies the epilogue once. Activations are read
 through runtime strides (NHWC / channels_last gives contiguous channel loads); accumulation is
 in float32.
+
+Fused max-pool: with ``POOL_X`` (``POOL_X2``, ``POOL_RES``) the stored ``x`` (``x2``, the
+residual) is twice the conv's input (output) size, floor, and each element read is the max of
+its 2x2 window (stride 2; NaN propagates as in ``torch.max_pool2d``): a residual block whose
+input is a max-pool reads the pool's input instead, and the pool needs no launch of its own.
 """
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _load_window(
+    ptr,  # base pointer
+    off,  # element offsets (of each window's top-left element when POOL)
+    mask,  # elements to read (others are 0)
+    win_h, win_w,  # strides to the window's second row and second column
+    POOL: tl.constexpr,  # True: the max of each 2x2 window; False: the element at off
+):
+    v = tl.load(ptr + off, mask=mask, other=0.0)
+    if POOL:  # NaN propagates, as torch.max_pool2d
+        v = tl.maximum(v, tl.load(ptr + off + win_w, mask=mask, other=0.0), propagate_nan=tl.PropagateNan.ALL)
+        v = tl.maximum(v, tl.load(ptr + off + win_h, mask=mask, other=0.0), propagate_nan=tl.PropagateNan.ALL)
+        v = tl.maximum(v, tl.load(ptr + off + win_h + win_w, mask=mask, other=0.0),
+                       propagate_nan=tl.PropagateNan.ALL)
+    return v
 
 
 @triton.jit
@@ -29,7 +51,7 @@ def _epilogue_store(
     offs_n,  # (BLOCK_N,) output channels of the tile
     M, C_out, OH, OW,  # sizes: M = N * OH * OW
     bias_ptr,  # (C_out,) bias, read when HAS_BIAS
-    res_ptr,  # residual (N, C_out, OH, OW) by strides, read when HAS_RESIDUAL
+    res_ptr,  # residual (N, C_out, OH, OW) by strides (2x that size with POOL_RES), read when HAS_RESIDUAL
     up_ptr,  # half-size (N, C_out, ceil(OH/2), ceil(OW/2)) by strides, read when HAS_UPSAMPLE
     out_ptr,  # output (N, C_out, OH, OW) by strides
     sr_n, sr_c, sr_h, sr_w,  # strides of the residual
@@ -37,6 +59,7 @@ def _epilogue_store(
     so_n, so_c, so_h, so_w,  # strides of the output
     HAS_BIAS: tl.constexpr, OUT_RELU: tl.constexpr,  # + bias, then ReLU
     HAS_RESIDUAL: tl.constexpr, HAS_UPSAMPLE: tl.constexpr,  # then + residual, then + nearest-2x upsample
+    POOL_RES: tl.constexpr,  # the residual added is the 2x2/stride-2 max-pool of the stored one
 ):
     m_ok = offs_m < M
     n_ok = offs_n < C_out
@@ -49,8 +72,11 @@ def _epilogue_store(
         acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)  # NaN stays NaN, as torch.relu
     mask = m_ok[:, None] & n_ok[None, :]
     if HAS_RESIDUAL:
-        r_off = (n * sr_n + oh * sr_h + ow * sr_w)[:, None] + offs_n[None, :] * sr_c
-        acc = acc + tl.load(res_ptr + r_off, mask=mask, other=0.0).to(tl.float32)
+        if POOL_RES:  # window (2 oh .. 2 oh + 1, 2 ow .. 2 ow + 1) of the stored residual
+            r_off = (n * sr_n + oh * (2 * sr_h) + ow * (2 * sr_w))[:, None] + offs_n[None, :] * sr_c
+        else:
+            r_off = (n * sr_n + oh * sr_h + ow * sr_w)[:, None] + offs_n[None, :] * sr_c
+        acc = acc + _load_window(res_ptr, r_off, mask, sr_h, sr_w, POOL_RES).to(tl.float32)
     if HAS_UPSAMPLE:
         u_off = (n * su_n + (oh // 2) * su_h + (ow // 2) * su_w)[:, None] + offs_n[None, :] * su_c
         acc = acc + tl.load(up_ptr + u_off, mask=mask, other=0.0).to(tl.float32)
@@ -60,17 +86,17 @@ def _epilogue_store(
 
 @triton.jit
 def conv_bn_relu_kernel(
-    x_ptr,  # input (N, C1, H, W) by strides; the prologue applies to it
-    x2_ptr,  # optional second input (N, C2, H, W), concatenated after x along channels
+    x_ptr,  # input (N, C1, H, W) by strides (2x that size with POOL_X); the prologue applies to it
+    x2_ptr,  # optional second input (N, C2, H, W) (2x with POOL_X2), concatenated after x along channels
     w_ptr,  # weight (C_out, C1 + C2, KH, KW) by strides
     bias_ptr,  # (C_out,) bias, read when HAS_BIAS
     scale_ptr,  # (C1,) prologue scale, read when HAS_SCALE
     shift_ptr,  # (C1,) prologue shift, read when HAS_SHIFT
-    res_ptr,  # residual (N, C_out, OH, OW) by strides, read when HAS_RESIDUAL
+    res_ptr,  # residual (N, C_out, OH, OW) by strides (2x with POOL_RES), read when HAS_RESIDUAL
     up_ptr,  # half-size (N, C_out, ceil(OH/2), ceil(OW/2)) by strides, read when HAS_UPSAMPLE
     out_ptr,  # output (N, C_out, OH, OW) by strides (written when SPLIT_K == 1)
     part_ptr,  # (SPLIT_K, M, C_out) float32 partial sums, contiguous (written when SPLIT_K > 1)
-    N, C1, C2, H, W, C_out, OH, OW,  # sizes
+    N, C1, C2, H, W, C_out, OH, OW,  # sizes (H, W: the conv's input, after the max-pool of POOL_X/POOL_X2)
     conv_stride, pad,  # convolution stride and zero padding (same in both axes)
     sx_n, sx_c, sx_h, sx_w,  # strides of x
     sx2_n, sx2_c, sx2_h, sx2_w,  # strides of x2
@@ -81,6 +107,7 @@ def conv_bn_relu_kernel(
     KH: tl.constexpr, KW: tl.constexpr,  # kernel size
     HAS_X2: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
     IN_RELU: tl.constexpr, OUT_RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_UPSAMPLE: tl.constexpr,
+    POOL_X: tl.constexpr, POOL_X2: tl.constexpr, POOL_RES: tl.constexpr,  # read x / x2 / residual 2x2 max-pooled
     ALLOW_TF32: tl.constexpr,  # TF32 products for float32 operands (else exact); no effect on 16-bit ones
     PACK_TAPS: tl.constexpr,  # K steps over flat (tap, channel) pairs of x (no x2): for few input channels
     SPLIT_K: tl.constexpr,  # programs along axis 1 share the K steps; > 1 writes partials to part_ptr
@@ -102,6 +129,16 @@ def conv_bn_relu_kernel(
     ih0 = oh * conv_stride - pad
     iw0 = ow * conv_stride - pad
     PROLOGUE: tl.constexpr = HAS_SCALE or HAS_SHIFT or IN_RELU
+    # A pooled input's pixel (ih, iw) is the window at (2 ih, 2 iw): pixel strides double, and the
+    # window's other elements lie one stored row / column on (win_*; 0 for an input read as is).
+    if POOL_X:
+        px_h, px_w, win_h, win_w = 2 * sx_h, 2 * sx_w, sx_h, sx_w
+    else:
+        px_h, px_w, win_h, win_w = sx_h, sx_w, 0, 0
+    if POOL_X2:
+        px2_h, px2_w, win2_h, win2_w = 2 * sx2_h, 2 * sx2_w, sx2_h, sx2_w
+    else:
+        px2_h, px2_w, win2_h, win2_w = sx2_h, sx2_w, 0, 0
 
     if PACK_TAPS:
         k_total = KH * KW * C1
@@ -128,8 +165,8 @@ def conv_bn_relu_kernel(
             ih = ih0[:, None] + kh[None, :]
             iw = iw0[:, None] + kw[None, :]
             a_mask = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(x_ptr + n[:, None] * sx_n + ih * sx_h + iw * sx_w + c[None, :] * sx_c, mask=a_mask,
-                        other=0.0)
+            a = _load_window(x_ptr, n[:, None] * sx_n + ih * px_h + iw * px_w + c[None, :] * sx_c, a_mask,
+                             win_h, win_w, POOL_X)
             c_ok = k_ok
             w_k = c * sw_c + kh * sw_h + kw * sw_w
         else:
@@ -145,18 +182,22 @@ def conv_bn_relu_kernel(
                 c = tl.where(first, kb, kb - blocks1) * BLOCK_K + offs_k
                 c_ok = c < tl.where(first, C1, C2)
                 src = tl.where(first, x_ptr, x2_ptr)
-                pix_off = tl.where(first, n * sx_n + ih * sx_h + iw * sx_w, n * sx2_n + ih * sx2_h + iw * sx2_w)
+                pix_off = tl.where(first, n * sx_n + ih * px_h + iw * px_w, n * sx2_n + ih * px2_h + iw * px2_w)
                 c_stride = tl.where(first, sx_c, sx2_c)
+                step_h = tl.where(first, win_h, win2_h)
+                step_w = tl.where(first, win_w, win2_w)
                 w_k = (tl.where(first, 0, C1) + c) * sw_c + kh * sw_h + kw * sw_w
             else:
                 c = kb * BLOCK_K + offs_k
                 c_ok = c < C1
                 src = x_ptr
-                pix_off = n * sx_n + ih * sx_h + iw * sx_w
+                pix_off = n * sx_n + ih * px_h + iw * px_w
                 c_stride = sx_c
+                step_h, step_w = win_h, win_w
                 w_k = c * sw_c + kh * sw_h + kw * sw_w
             a_mask = pix_ok[:, None] & c_ok[None, :]
-            a = tl.load(src + pix_off[:, None] + c[None, :] * c_stride, mask=a_mask, other=0.0)
+            # With one input pooled and the other not, the latter's window is one element read four times.
+            a = _load_window(src, pix_off[:, None] + c[None, :] * c_stride, a_mask, step_h, step_w, POOL_X or POOL_X2)
         if PROLOGUE:
             t = a.to(tl.float32)
             p_ok = c_ok
@@ -180,7 +221,7 @@ def conv_bn_relu_kernel(
     if SPLIT_K == 1:
         _epilogue_store(acc, offs_m, offs_n, M, C_out, OH, OW, bias_ptr, res_ptr, up_ptr, out_ptr,
                         sr_n, sr_c, sr_h, sr_w, su_n, su_c, su_h, su_w, so_n, so_c, so_h, so_w,
-                        HAS_BIAS, OUT_RELU, HAS_RESIDUAL, HAS_UPSAMPLE)
+                        HAS_BIAS, OUT_RELU, HAS_RESIDUAL, HAS_UPSAMPLE, POOL_RES)
     else:
         p_off = pid_k * M * C_out + offs_m[:, None] * C_out + offs_n[None, :]
         tl.store(part_ptr + p_off, acc, mask=m_ok[:, None] & n_ok[None, :])
@@ -190,7 +231,7 @@ def conv_bn_relu_kernel(
 def conv_split_k_reduce_kernel(
     part_ptr,  # (SPLIT_K, M, C_out) float32 partial sums, contiguous
     bias_ptr,  # (C_out,) bias, read when HAS_BIAS
-    res_ptr,  # residual (N, C_out, OH, OW) by strides, read when HAS_RESIDUAL
+    res_ptr,  # residual (N, C_out, OH, OW) by strides (2x with POOL_RES), read when HAS_RESIDUAL
     up_ptr,  # half-size (N, C_out, ceil(OH/2), ceil(OW/2)) by strides, read when HAS_UPSAMPLE
     out_ptr,  # output (N, C_out, OH, OW) by strides
     M, C_out, OH, OW,  # sizes: M = N * OH * OW
@@ -198,6 +239,7 @@ def conv_split_k_reduce_kernel(
     su_n, su_c, su_h, su_w,  # strides of the half-size upsample input
     so_n, so_c, so_h, so_w,  # strides of the output
     HAS_BIAS: tl.constexpr, OUT_RELU: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_UPSAMPLE: tl.constexpr,
+    POOL_RES: tl.constexpr,  # the residual added is the 2x2/stride-2 max-pool of the stored one
     SPLIT_K: tl.constexpr,  # partials to add, in order 0..SPLIT_K-1 (deterministic)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  # tile sizes
 ):
@@ -211,7 +253,7 @@ def conv_split_k_reduce_kernel(
         acc += tl.load(part_ptr + s * M * C_out + p_off, mask=mask, other=0.0)
     _epilogue_store(acc, offs_m, offs_n, M, C_out, OH, OW, bias_ptr, res_ptr, up_ptr, out_ptr,
                     sr_n, sr_c, sr_h, sr_w, su_n, su_c, su_h, su_w, so_n, so_c, so_h, so_w,
-                    HAS_BIAS, OUT_RELU, HAS_RESIDUAL, HAS_UPSAMPLE)
+                    HAS_BIAS, OUT_RELU, HAS_RESIDUAL, HAS_UPSAMPLE, POOL_RES)
 
 
 #: Streaming multiprocessors of the H200/H100 SXM: the split-K target when no device is at hand.
@@ -222,6 +264,13 @@ MIN_STEPS_PER_SPLIT = 4
 MAX_SPLIT_K = 8
 #: Reduce-kernel tile (rows x channels).
 REDUCE_BLOCK = (64, 64)
+
+
+def k_steps(c1: int, c2: int, kh: int, kw: int, block_k: int, pack_taps: bool) -> int:
+    """K steps of one whole-K conv tile (the kernel's loop count when SPLIT_K is 1)."""
+    if pack_taps:
+        return triton.cdiv(kh * kw * c1, block_k)
+    return kh * kw * (triton.cdiv(c1, block_k) + (triton.cdiv(c2, block_k) if c2 else 0))
 
 
 def conv_config(m: int, c1: int, c2: int, c_out: int, kh: int, kw: int, element_size: int, tf32: bool,
@@ -253,8 +302,7 @@ def conv_config(m: int, c1: int, c2: int, c_out: int, kh: int, kw: int, element_
         warps = max(warps, block_m // 16)
     else:
         block_k = max(16, min(block_k, triton.next_power_of_2(max(c1, c2))))
-    steps = triton.cdiv(kh * kw * c1, block_k) if pack else \
-        kh * kw * (triton.cdiv(c1, block_k) + (triton.cdiv(c2, block_k) if c2 else 0))
+    steps = k_steps(c1, c2, kh, kw, block_k, pack)
     tiles = triton.cdiv(m, block_m) * triton.cdiv(c_out, block_n)
     split = 1
     while split < MAX_SPLIT_K and tiles * split * 2 <= sms and steps >= 2 * split * MIN_STEPS_PER_SPLIT:

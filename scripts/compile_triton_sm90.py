@@ -129,8 +129,11 @@ def conv_launch(conv: dict, batch: int, mode: str) -> dict:
     """The launch of one network conv (as scripts/compiled_code_report.network_convs describes it).
 
     Returns the config, the integer arguments (NHWC activations and residual, channels_last
-    weight, as the plan runs them) and the flags; ``key`` names the compiled variant.
+    weight, as the plan runs them) and the flags; ``key`` names the compiled variant. Optional
+    ``pool_x`` / ``pool_x2`` / ``pool_res`` (default False): that input is stored at twice its
+    size and read 2x2 max-pooled (the block after a max-pool, as the engine fuses it).
     """
+    pool_x, pool_x2, pool_res = (conv.get(name, False) for name in ("pool_x", "pool_x2", "pool_res"))
     ptr, elem, tf32 = DTYPES[mode]
     k, stride, c1, c2, c_out, size = conv["k"], conv["stride"], conv["c1"], conv["c2"], conv["c_out"], conv["size"]
     pad = k // 2
@@ -143,14 +146,16 @@ def conv_launch(conv: dict, batch: int, mode: str) -> dict:
         return dict(n=c * s * s, c=1, h=c * s, w=c)
 
     x, x2, out, up = nhwc(c1, in_size), nhwc(max(c2, 1), in_size), nhwc(c_out, size), nhwc(c_out, (size + 1) // 2)
+    x, x2 = nhwc(c1, 2 * in_size) if pool_x else x, nhwc(max(c2, 1), 2 * in_size) if pool_x2 else x2
+    res = nhwc(c_out, 2 * size) if pool_res else out
     ints = dict(N=batch, C1=c1, C2=c2, H=in_size, W=in_size, C_out=c_out, OH=size, OW=size, conv_stride=stride,
                 pad=pad, sx_n=x["n"], sx_c=1, sx_h=x["h"], sx_w=x["w"], sx2_n=x2["n"], sx2_c=1, sx2_h=x2["h"],
-                sx2_w=x2["w"], sw_o=c_in * k * k, sw_c=1, sw_h=c_in * k, sw_w=c_in, sr_n=out["n"], sr_c=1,
-                sr_h=out["h"], sr_w=out["w"], su_n=up["n"], su_c=1, su_h=up["h"], su_w=up["w"], so_n=out["n"],
+                sx2_w=x2["w"], sw_o=c_in * k * k, sw_c=1, sw_h=c_in * k, sw_w=c_in, sr_n=res["n"], sr_c=1,
+                sr_h=res["h"], sr_w=res["w"], su_n=up["n"], su_c=1, su_h=up["h"], su_w=up["w"], so_n=out["n"],
                 so_c=1, so_h=out["h"], so_w=out["w"])
     flags = dict(KH=k, KW=k, HAS_X2=c2 > 0, HAS_BIAS=True, HAS_SCALE=conv["prologue"], HAS_SHIFT=conv["prologue"],
                  IN_RELU=conv["prologue"], OUT_RELU=conv["out_relu"], HAS_RESIDUAL=conv["residual"],
-                 HAS_UPSAMPLE=conv["upsample"], ALLOW_TF32=tf32)
+                 HAS_UPSAMPLE=conv["upsample"], ALLOW_TF32=tf32, POOL_X=pool_x, POOL_X2=pool_x2, POOL_RES=pool_res)
     launch = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
     consts = dict(flags, **cfg)
     key = (mode, tuple(sorted(consts.items())), tuple(sorted((n, v == 1, v % 16 == 0) for n, v in ints.items())),
@@ -163,12 +168,15 @@ def reduce_launch(conv: dict, batch: int, mode: str, split: int) -> dict:
     """The split-K reduce launch that follows ``conv``'s GEMM when its split is > 1."""
     ptr = DTYPES[mode][0]
     c_out, size = conv["c_out"], conv["size"]
+    pool_res = conv.get("pool_res", False)
     out, up = dict(n=c_out * size * size, h=c_out * size, w=c_out), (size + 1) // 2
-    ints = dict(M=batch * size * size, C_out=c_out, OH=size, OW=size, sr_n=out["n"], sr_c=1, sr_h=out["h"],
-                sr_w=out["w"], su_n=c_out * up * up, su_c=1, su_h=c_out * up, su_w=c_out, so_n=out["n"], so_c=1,
+    rs = 2 * size if pool_res else size  # a pooled residual is stored at twice the output size
+    ints = dict(M=batch * size * size, C_out=c_out, OH=size, OW=size, sr_n=c_out * rs * rs, sr_c=1, sr_h=c_out * rs,
+                sr_w=c_out, su_n=c_out * up * up, su_c=1, su_h=c_out * up, su_w=c_out, so_n=out["n"], so_c=1,
                 so_h=out["h"], so_w=out["w"])
     consts = dict(HAS_BIAS=True, OUT_RELU=conv["out_relu"], HAS_RESIDUAL=conv["residual"],
-                  HAS_UPSAMPLE=conv["upsample"], SPLIT_K=split, BLOCK_M=REDUCE_BLOCK[0], BLOCK_N=REDUCE_BLOCK[1])
+                  HAS_UPSAMPLE=conv["upsample"], POOL_RES=pool_res, SPLIT_K=split,
+                  BLOCK_M=REDUCE_BLOCK[0], BLOCK_N=REDUCE_BLOCK[1])
     key = ("reduce", mode, tuple(sorted(consts.items())))
     pointers = {"part_ptr": "*fp32", **{p: f"*{ptr}" for p in ("bias_ptr", "res_ptr", "up_ptr", "out_ptr")}}
     return dict(pointer_types=pointers, ints=ints, constexprs=consts, launch=dict(num_warps=4, num_stages=1),

@@ -126,8 +126,10 @@ def _op_cases(plan: dict, smoke: bool):
     its ATen/cuDNN twin in ``dtype``, and that twin in float64 (the ground truth); ``predict(dtype name,
     batch)`` gives the PREDICTED times per backend (residual blocks) or is None."""
     shapes = residual_shapes(plan["stacks"], plan["size"])
+    pooled = [s for s in shapes if s[0] == s[1]]  # the blocks after a max-pool: identity skips
     if smoke:
         shapes = [min(shapes, key=lambda s: s[0] * s[1] * s[2] * s[3])]
+        pooled = [min(pooled, key=lambda s: s[0] * s[1] * s[2] * s[3])]
     for cin, cout, h, w in shapes:
         def make(dtype, batch, cin=cin, cout=cout, h=h, w=w):
             module = randomize_batchnorm(Residual(cin, cout).eval(), seed=0)
@@ -139,6 +141,21 @@ def _op_cases(plan: dict, smoke: bool):
             return (lambda backend: residual_block(xd, block, backend=backend), lambda: residual_block_reference(xd, block),
                     lambda: residual_block_reference(x, block64), flops)
         yield ("residual_block", f"{cin}->{cout} @ {h}x{w}", make,
+               lambda dtype_name, batch, cin=cin, cout=cout, h=h, w=w: block_predictions(cin, cout, h, w, dtype_name,
+                                                                                         batch))
+    for cin, cout, h, w in pooled:
+        def make_pool(dtype, batch, cin=cin, cout=cout, h=h, w=w):
+            module = randomize_batchnorm(Residual(cin, cout).eval(), seed=0)
+            block64 = FoldedResidual.from_module(module).to(device=DEVICE, dtype=torch.float64)
+            # an odd stored map: the 2x2/stride-2 pool's floor drops its last row and column
+            x = _rand(batch, cin, 2 * h + 1, 2 * w + 1, dtype=torch.float64).to(memory_format=torch.channels_last)
+            block, xd = block64.to(dtype), x.to(dtype)
+            mid = cout // 2
+            flops = 2 * (cin * mid + mid * mid * 9 + mid * cout) * h * w
+            return (lambda backend: residual_block(xd, block, pool_input=True, backend=backend),
+                    lambda: residual_block_reference(xd, block, pool_input=True),
+                    lambda: residual_block_reference(x, block64, pool_input=True), flops)
+        yield ("residual_block_pool_input", f"{cin}->{cout} @ {h}x{w} (pooled from {2 * h + 1}x{2 * w + 1})", make_pool,
                lambda dtype_name, batch, cin=cin, cout=cout, h=h, w=w: block_predictions(cin, cout, h, w, dtype_name,
                                                                                          batch))
     sizes = (8,) if smoke else (64,)

@@ -20,9 +20,12 @@ its tactic; there is no fallback at run time ("cannot run here" is the builder's
 
 Kernel launches per 8-stack forward on a GPU (counted by :func:`recorded_gpu` programs, in which
 every launch is recorded instead of run): one per whole-block CUDA residual block, three per
-Triton one, one per conv, max-pool and decode. The max-pools stay separate launches: fusing one
-needs a kernel that pools its input as it loads it (neither the CUDA block kernel nor the Triton
-conv does).
+Triton one, one per conv (plus a reduce when it splits K) and decode. No max-pool launches: a
+max-pool's output is read only by the residual block after it (the stem's, and each hourglass
+level's ``low1``), so that block reads the pool's input 2x2-max-pooled as it loads it
+(``pool_input`` of the CUDA kernel; ``POOL_X``/``POOL_X2``/``POOL_RES`` of the Triton conv). The
+CPU runner and the public-op steps keep a separate ATen max-pool: there no launch is saved, and
+the pooled tensor is read by two convs (conv1 and the skip).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ __all__ = ["DeviceCaps", "Program", "Settings", "Step", "StepError", "build_prog
            "recorded_gpu", "shape_key"]
 
 _INT32_LIMIT = 2**31  # the Triton kernels address elements with int32 offsets
+_MAX_FLIP_JOINTS = 256  # SHG_MAX_FLIP_JOINTS of csrc/cuda/launchers.h: the CUDA decode's flip permutation
 
 
 class StepError(RuntimeError):
@@ -342,10 +346,11 @@ class _Builder:
             self.cpu = plan_module.CpuConvs(settings.winograd)
         if self.choice.gpu_engine:
             from .kernels.conv_bn_relu import (H200_SMS, REDUCE_BLOCK, conv_bn_relu_kernel, conv_config,
-                                               conv_split_k_reduce_kernel)
+                                               conv_split_k_reduce_kernel, k_steps)
             from .kernels.decode_heatmaps import decode_block_size, decode_heatmaps_kernel
 
             self.conv_config, self.decode_block_size, self.reduce_block = conv_config, decode_block_size, REDUCE_BLOCK
+            self.k_steps = k_steps
             self.sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
                         if self.device.type == "cuda" else H200_SMS)
             rec = self.recorder
@@ -366,14 +371,20 @@ class _Builder:
 
     def conv(self, name: str, x: int, w: torch.Tensor, b: torch.Tensor, *, stride=1, padding=None, relu=False,
              residual: int | None = None, x2: int | None = None, in_scale=None, in_shift=None,
-             upsample: int | None = None, out_reg: int | None = None, contiguous_out: bool = False) -> int:
-        """A conv step (also one of the three convs of a Triton residual block); returns its output register."""
+             upsample: int | None = None, out_reg: int | None = None, contiguous_out: bool = False,
+             pool: tuple[bool, bool, bool] = (False, False, False)) -> int:
+        """A conv step (also one of the three convs of a Triton residual block); returns its output register.
+
+        ``pool``: (x, x2, residual) read 2x2/stride-2 max-pooled (Triton only: the block of a fused max-pool).
+        """
         (n, _, h, wd), _ = self.specs[x]
+        if pool[0]:
+            h, wd = h // 2, wd // 2
         k = w.shape[-1]
         pad = k // 2 if padding is None else padding
         oh, ow = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
         cin = w.shape[1]
-        key = shape_key("conv", cin=cin, cout=w.shape[0], k=k, s=stride, h=h, w=wd)
+        key = shape_key("conv", cin=cin, cout=w.shape[0], k=k, s=stride, h=h, w=wd, pool=any(pool))
         out_shape = (n, w.shape[0], oh, ow)
         if out_reg is None:
             out_reg = self.new_reg(out_shape, not contiguous_out)
@@ -383,8 +394,10 @@ class _Builder:
                 tactic = Tactic("triton", "default rule: implicit-GEMM Triton conv, conv_config tiles and split-K")
             if tactic is not None:
                 self._triton_conv(name, key, tactic, x, w, b, stride, pad, relu, residual, x2, in_scale, in_shift,
-                                  upsample, out_reg, contiguous_out)
+                                  upsample, out_reg, contiguous_out, pool)
                 return out_reg
+        if any(pool):
+            raise AssertionError("a pooled conv input is only built for Triton convs")
         if self.cpu is not None and x2 is None and in_scale is None and upsample is None:
             self._cpu_conv(name, key, x, w, b, stride, pad, relu, residual, out_reg, contiguous_out)
             return out_reg
@@ -393,15 +406,19 @@ class _Builder:
         return out_reg
 
     def _triton_conv(self, name, key, tactic, x, w, b, stride, pad, relu, residual, x2, in_scale, in_shift, upsample,
-                     out_reg, contiguous_out):
+                     out_reg, contiguous_out, pool):
         specs = self.specs
         (n, c1, h, wd), _ = specs[x]
+        if pool[0]:  # the kernel's H, W are the conv's input size; x's strides stay those of the stored tensor
+            h, wd = h // 2, wd // 2
         c2 = 0 if x2 is None else specs[x2][0][1]
         out_shape, _ = specs[out_reg]
         cout, oh, ow = out_shape[1:]
         m = n * oh * ow
         cfg = self.conv_config(m, c1, c2, cout, w.shape[2], w.shape[3], w.element_size(), self.settings.tf32,
                                self.sms)
+        steps = self.k_steps(c1, c2, w.shape[2], w.shape[3], cfg["BLOCK_K"], cfg["PACK_TAPS"])
+        cfg["SPLIT_K"] = tactics.split_k_default(steps, cfg["SPLIT_K"])  # weighs the reduce launch
         cfg.update(tactic.config)
         tactic = dataclasses.replace(tactic, config=cfg)
         split = cfg["SPLIT_K"]
@@ -416,10 +433,10 @@ class _Builder:
         up_strides = strides[x if upsample is None else upsample]
         ints = (*sizes, stride, pad, *strides[x], *strides[x if x2 is None else x2], *w.stride(),
                 *res_strides, *up_strides, *strides[out_reg])
-        flags = (b is not None, relu, residual is not None, upsample is not None)
+        flags = (b is not None, relu, residual is not None, upsample is not None, pool[2])
         # The kernel's constexprs in signature order, passed positionally (keyword arguments cost more per call).
         consts = (w.shape[2], w.shape[3], x2 is not None, b is not None, in_scale is not None, in_shift is not None,
-                  in_scale is not None, relu, residual is not None, upsample is not None, self.settings.tf32,
+                  in_scale is not None, relu, residual is not None, upsample is not None, *pool, self.settings.tf32,
                   cfg["PACK_TAPS"], split, cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"])
         args = ints + consts
         opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
@@ -483,20 +500,30 @@ class _Builder:
 
     # -- residual blocks ---------------------------------------------------------------------------
 
-    def block(self, name: str, x: int, block: FoldedResidual, upsample: int | None = None) -> int:
+    def block(self, name: str, x: int, block: FoldedResidual, upsample: int | None = None,
+              pool_input: bool = False) -> int:
+        """A residual block step; with ``pool_input`` on ``max_pool2d(x, 2, 2)`` (fused where a kernel can)."""
         (n, cin, h, w), _ = self.specs[x]
-        key = shape_key("residual_block", cin=cin, mid=block.mid_channels, cout=block.out_channels, h=h, w=w,
-                        up=upsample is not None)
+        if pool_input:
+            h, w = h // 2, w // 2
+        dims = dict(cin=cin, mid=block.mid_channels, cout=block.out_channels, h=h, w=w, up=upsample is not None)
+        key = shape_key("residual_block", **dims, pool=pool_input)
         out_shape = (n, block.out_channels, h, w)
         choice = self.choice
         if choice.gpu_engine:
             tactic = choice.table("residual_block", key)
             if tactic is None:
                 tactic = self._default_gpu_block(block)
+            if pool_input and tactic.backend == "cuda":
+                tactic = dataclasses.replace(tactic, reason=tactic.reason + "; the max-pool before it fused (read as x "
+                                                                            "loads)")
             if tactic.backend == "cuda":
-                return self._cuda_block(name, key, tactic, x, block, upsample, out_shape)
+                return self._cuda_block(name, key, tactic, x, block, upsample, out_shape, pool_input)
             if tactic.backend == "triton":
-                return self._triton_block(name, x, block, upsample)
+                return self._triton_block(name, x, block, upsample, pool_input)
+        if pool_input:  # no kernel here pools as it loads: a max-pool step, then the block on its output
+            x = self.max_pool(f"{name}.pool", x)
+            key = shape_key("residual_block", **dims)
         if self.cpu is not None:
             return self._cpu_block(name, key, x, block, upsample, out_shape)
         return self._ops_block(name, key, x, block, upsample, out_shape)
@@ -517,7 +544,7 @@ class _Builder:
             return Tactic("triton", "default rule: three Triton convs" + (f" ({cuda_why})" if cuda_why else ""))
         return Tactic("reference", f"default rule: no kernel can run ({cuda_why}; {self.caps.triton_reason})")
 
-    def _cuda_block(self, name, key, tactic, x, block, upsample, out_shape):
+    def _cuda_block(self, name, key, tactic, x, block, upsample, out_shape, pool_input):
         packed = prepack_for_cuda(block)
         # The glue copies nothing when these hold: NHWC activations, tap-major w2, dense 1x1 weights.
         assert packed.w2.permute(2, 3, 0, 1).is_contiguous() and packed.w1.is_contiguous()
@@ -533,26 +560,28 @@ class _Builder:
             fn = torch.ops.shg_fast.residual_block.default
         if upsample is None:
             def run(env):
-                env[out] = fn(env[x], *args, None)
+                env[out] = fn(env[x], *args, None, pool_input)
         else:
             def run(env):
-                env[out] = fn(env[x], *args, env[upsample])
+                env[out] = fn(env[x], *args, env[upsample], pool_input)
         ins = [x] if upsample is None else [x, upsample]
         self.add(Step(name, "residual_block", key, tactic, 1), ins, out, lambda buf: run)
         return out
 
-    def _triton_block(self, name, x, block, upsample):
+    def _triton_block(self, name, x, block, upsample, pool_input):
         (n, cin, h, w), _ = self.specs[x]
         mid = block.mid_channels
+        # A fused max-pool: conv1 and the skip (identity in conv3's epilogue, or projection along its K) read x pooled.
         t1 = self.conv(f"{name}.conv1", x, block.w1, block.b1, relu=True, in_scale=block.in_scale,
-                       in_shift=block.in_shift)
+                       in_shift=block.in_shift, pool=(pool_input, False, False))
         t2 = self.conv(f"{name}.conv2", t1, block.w2, block.b2, relu=True)
-        assert self.specs[t2][0] == (n, mid, h, w)
+        assert self.specs[t2][0] == ((n, mid, h // 2, w // 2) if pool_input else (n, mid, h, w))
         w3, b3 = block.last_gemm()
         w3 = w3.contiguous(memory_format=torch.channels_last)
         if block.ws is None:
-            return self.conv(f"{name}.conv3", t2, w3, b3, residual=x, upsample=upsample)
-        return self.conv(f"{name}.conv3+skip", t2, w3, b3, x2=x, upsample=upsample)
+            return self.conv(f"{name}.conv3", t2, w3, b3, residual=x, upsample=upsample,
+                             pool=(False, False, pool_input))
+        return self.conv(f"{name}.conv3+skip", t2, w3, b3, x2=x, upsample=upsample, pool=(False, pool_input, False))
 
     def _cpu_block(self, name, key, x, block, upsample, out_shape):
         run_block, tactic = self.cpu.block(block, self.specs[x][0], upsample is not None)
@@ -583,12 +612,13 @@ class _Builder:
     # -- max-pool, flip, decode ------------------------------------------------------------------------
 
     def max_pool(self, name: str, x: int) -> int:
+        """A separate 2x2/stride-2 max-pool step (where the block after it cannot pool as it loads)."""
         (n, c, h, w), _ = self.specs[x]
         key = shape_key("max_pool", c=c, h=h, w=w)
         out_shape = (n, c, h // 2, w // 2)
         out = self.new_reg(out_shape)
         gpu = self.choice.gpu_engine
-        reason = ("default rule: ATen max_pool2d (one launch; no kernel here pools its input as it loads it)"
+        reason = ("default rule: ATen max_pool2d (one launch; the block after it runs on the public ops)"
                   if gpu else "default rule: ATen max_pool2d")
         if self.recorder is not None:
             fn = self.recorder.op("aten.max_pool2d", torch.empty(out_shape, dtype=self.dtype, device="meta")
@@ -648,12 +678,12 @@ class _Builder:
         if self.choice.gpu_engine and self.choice.triton_ok:
             self._triton_decode(key, heatmaps, n, flip, perm, coords, maxvals)
             return coords, maxvals
+        if self.choice.gpu_engine and self.choice.cuda_ok and not (flip and k > _MAX_FLIP_JOINTS):
+            self._cuda_decode(key, heatmaps, n, flip, perm, coords, maxvals)
+            return coords, maxvals
         example = torch.empty((n, k, h, w), dtype=self.dtype, device=self.device)
         backend, why = _fused_op_backend(DECODE_HEATMAPS, self.settings, self.device, example,
                                          example if flip else None, perm)
-        if self.device.type == "cuda" and flip and perm != list(range(k)):
-            raise BackendUnavailableError("the CUDA decode op copies its flip permutation from the host on every "
-                                          "call; a program decodes with the flip test on Triton only")
         impl = DECODE_HEATMAPS.impls[backend]
 
         def run(env):
@@ -663,6 +693,24 @@ class _Builder:
         step = Step("decode", "decode", key, Tactic(backend, why), 1 if self.device.type == "cuda" else 0)
         self.add(step, [heatmaps], None, lambda buf: run)
         return coords, maxvals
+
+    def _cuda_decode(self, key, heatmaps, n, flip, perm, coords, maxvals):
+        """The CUDA decode kernel: its flip permutation is a kernel parameter passed by value (no host copy, so
+        a CUDA graph can capture it)."""
+        k = self.specs[heatmaps][0][1]
+        perm = list(perm) if flip else []
+        if self.recorder is not None:
+            f32 = dict(dtype=torch.float32, device="meta")
+            fn = self.recorder.op("cuda.decode_heatmaps", (torch.empty((n, k, 2), **f32), torch.empty((n, k), **f32)))
+        else:
+            fn = torch.ops.shg_fast.decode_heatmaps.default
+
+        def run(env):
+            hm = env[heatmaps]
+            env[coords], env[maxvals] = fn(hm[:n], hm[n:] if flip else None, perm)
+
+        tactic = Tactic("cuda", "default rule: CUDA decode (Triton cannot run here), flip permutation by value")
+        self.add(Step("decode", "decode", key, tactic, 1), [heatmaps], None, lambda buf: run)
 
     def _triton_decode(self, key, heatmaps, n, flip, perm, coords, maxvals):
         (_, k, h, w), _ = self.specs[heatmaps]
@@ -688,13 +736,17 @@ class _Builder:
 
     # -- the network -------------------------------------------------------------------------------
 
-    def blocks(self, name: str, x: int, blocks: list[FoldedResidual], upsample: int | None = None) -> int:
+    def blocks(self, name: str, x: int, blocks: list[FoldedResidual], upsample: int | None = None,
+               pool_input: bool = False) -> int:
+        """The blocks in order; ``pool_input``: the first runs on ``max_pool2d(x, 2, 2)``."""
+        if pool_input and not blocks:
+            return self.max_pool(f"{name}.pool", x)
         for i, b in enumerate(blocks):
-            x = self.block(f"{name}.{i}", x, b, upsample if i == len(blocks) - 1 else None)
+            x = self.block(f"{name}.{i}", x, b, upsample if i == len(blocks) - 1 else None, pool_input and i == 0)
         return x
 
     def hourglass(self, name: str, x: int, hg, level: int = 1) -> int:
-        low = self.blocks(f"{name}{level}.low1", self.max_pool(f"{name}{level}.pool", x), hg.low1)
+        low = self.blocks(f"{name}{level}.low1", x, hg.low1, pool_input=True)
         if isinstance(hg.low2, self.plan_module.HourglassPlan):
             low = self.hourglass(name, low, hg.low2, level + 1)
         else:
@@ -705,9 +757,10 @@ class _Builder:
     def network(self, plan, x: int) -> list[int]:
         h = self.conv("stem.conv", x, plan.stem_w, plan.stem_b, stride=2, padding=3, relu=True)
         h = self.block("stem.res0", h, plan.stem_blocks[0])
-        h = self.max_pool("stem.pool", h)
+        if len(plan.stem_blocks) == 1:
+            h = self.max_pool("stem.pool", h)
         for i, block in enumerate(plan.stem_blocks[1:], 1):
-            h = self.block(f"stem.res{i}", h, block)
+            h = self.block(f"stem.res{i}", h, block, pool_input=i == 1)  # the stem's max-pool, fused
         k = plan.num_joints
         outputs = []
         for s, stack in enumerate(plan.stacks):

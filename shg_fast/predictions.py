@@ -54,6 +54,7 @@ def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
     each), at least the DRAM time.
     """
     from .kernels.conv_bn_relu import conv_config
+    from .tactics import split_k_default
 
     elem = ELEMENT_SIZE[mode]
     k, size, c1, c2, c_out = conv["k"], conv["size"], conv["c1"], conv["c2"], conv["c_out"]
@@ -65,9 +66,10 @@ def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
     rate = MATRIX_TFLOPS[mode] * 1e12
     roofline_us = _roofline_us(flops, bytes_, mode)
     cfg = conv_config(m, c1, c2, c_out, k, k, elem, mode == "tf32")
-    bm, bn, bk, split = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["SPLIT_K"]
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     steps = (math.ceil(k * k * c1 / bk) if cfg["PACK_TAPS"] else
              k * k * (math.ceil(c1 / bk) + (math.ceil(c2 / bk) if c2 else 0)))
+    split = cfg["SPLIT_K"] = split_k_default(steps, cfg["SPLIT_K"])  # as the engine launches it
     ctas = math.ceil(m / bm) * math.ceil(c_out / bn) * split
     cta_steps = math.ceil(steps / split)
     mma_us = 2.0 * bm * bn * bk * cta_steps / (rate / H200_SMS) * 1e6

@@ -36,8 +36,9 @@ Default rule (no entry, or the entry's backend cannot run here):
   convs), among those that can run (the extension has CUDA kernels and the block's shared
   memory fits the device; Triton imports); else on the ``reference`` ops. A PREDICTION-BASED
   DEFAULT until a GPU measures both (then the table holds the measured choice). A conv runs on
-  ``triton`` with the ``conv_config`` rule, else ``reference``; a max-pool on ``aten``; the
-  decode on ``triton``, else ``cuda``.
+  ``triton`` with the ``conv_config`` tiles and the split-K of :func:`split_k_default`, else
+  ``reference``; a max-pool is fused into the block that reads it (else ``aten``); the decode
+  on ``triton``, else ``cuda``.
 * CPU, float32, ``auto`` backend and oneDNN present: the ``mkldnn`` tactics of the CPU runner
   (prepacked oneDNN convs with fused ReLU/add, 3x3 convs by ``winograd`` on maps of 8x8 and
   up unless ``SHG_FAST_WINOGRAD=0``, 1x1 convs on maps of at most 64 pixels by ``aten``).
@@ -56,7 +57,8 @@ from importlib import resources
 
 import torch
 
-__all__ = ["Tactic", "TABLE_PATH", "load_table", "lookup", "dtype_name", "default_residual_block"]
+__all__ = ["Tactic", "TABLE_PATH", "REDUCE_LAUNCH_STEPS", "load_table", "lookup", "dtype_name", "split_k_default",
+           "default_residual_block"]
 
 #: Where the table lives inside the package.
 TABLE_PATH = "assets/tactics.json"
@@ -107,6 +109,38 @@ def lookup(op: str, shape: str, dtype: torch.dtype, batch: int, device_name: str
                 and entry["batch"] in ("*", batch) and entry.get("device", "") in device_name):
             return Tactic(entry["backend"], f"table: {entry['reason']}", dict(entry["config"]))
     return None
+
+
+#: What the split-K reduce launch costs, counted in K steps of one conv tile. A prediction, not a
+#: measurement: about 2 us of GPU time for one more kernel in a graph (launch gap, then a reduce
+#: that reads the partials from L2 and runs the epilogue) over about 0.12 us per K step of a
+#: latency-bound 16-bit tensor-core tile (a 16 KB operand load from L2 per step). Exact float32
+#: steps run on FMA units and take longer, so the rule splits them a little less often than their
+#: time would justify. The GPU check should measure it and the table override it where it errs.
+REDUCE_LAUNCH_STEPS = 16
+
+
+def split_k_default(steps: int, split: int) -> int:
+    """The engine's default split-K factor for a conv whose tiles take ``steps`` K steps each.
+
+    ``split`` is :func:`shg_fast.kernels.conv_bn_relu.conv_config`'s factor: the most that keeps
+    every share at least ``MIN_STEPS_PER_SPLIT`` steps while the tiles alone would leave SMs
+    idle, which happens at batch 1 on the small maps of the hourglass. Splitting by ``s`` cuts
+    each tile's K loop to ``ceil(steps / s)`` steps but adds one launch, the deterministic reduce.
+    The rule takes the ``s`` in 1, 2, 4 ... ``split`` with the least predicted time,
+    ``ceil(steps / s) + (REDUCE_LAUNCH_STEPS if s > 1 else 0)`` K steps (the smaller ``s`` on a
+    tie), so a split must save more K steps than the reduce launch costs: a 3x3 conv with 128
+    channels in 16-bit (18 steps of 64 channels) runs whole, its float32 twin (72 steps of 16)
+    splits by 8.
+    """
+    best, best_cost = 1, steps
+    s = 2
+    while s <= split:
+        cost = -(-steps // s) + REDUCE_LAUNCH_STEPS
+        if cost < best_cost:
+            best, best_cost = s, cost
+        s *= 2
+    return best
 
 
 def _mode(dtype: torch.dtype, tf32: bool) -> str | None:

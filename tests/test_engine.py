@@ -1,8 +1,9 @@
 """The inference engine: programs, tactics, launch counts, O(1) staleness, errors that name their step."""
 
 import collections
-import copy
 import contextlib
+import copy
+import dataclasses
 import io
 
 import pytest
@@ -39,27 +40,34 @@ def full_plan():
 
 
 def _expected_launches(plan, program, block_launches: int) -> dict[str, int]:
-    """Launches per forward read off the plan's structure: blocks, pools (stem + one per hourglass level), convs,
-    and one split-K reduce per conv step whose configuration splits K."""
+    """Launches per forward read off the plan's structure: blocks, convs, and one split-K reduce per conv step
+    whose configuration splits K; no max-pool (each is read as the block after it loads)."""
     stacks = len(plan.stacks)
     blocks = plan.info()["residual_blocks"]
-    depth = plan.info()["upsample_add_epilogues"] // stacks
     convs = 1 + stacks + stacks + (stacks - 1)  # stem, lin, heatmaps, merge (all stacks but the last)
     reduces = sum(1 for s in program.steps if s.tactic.backend == "triton" and s.tactic.config.get("SPLIT_K", 1) > 1)
-    counts = {"aten.max_pool2d": 1 + depth * stacks, "triton.conv_split_k_reduce": reduces}
+    counts = {"triton.conv_split_k_reduce": reduces} if reduces else {}
     if block_launches == 1:
         return counts | {"cuda.residual_block": blocks, "triton.conv_bn_relu": convs}
     return counts | {"triton.conv_bn_relu": convs + 3 * blocks}
 
 
-@pytest.mark.parametrize("cuda_kernels", [True, False], ids=["cuda-block", "triton-only"])
-def test_recorded_gpu_launch_counts(full_plan, cuda_kernels):
-    program = build_program(full_plan, 1, 256, 256, caps=recorded_gpu(cuda_kernels=cuda_kernels))
-    expected = _expected_launches(full_plan, program, 1 if cuda_kernels else 3)
+def _pools(plan) -> int:
+    """Max-pools of the network: the stem's and one per hourglass level."""
+    return 1 + plan.info()["upsample_add_epilogues"]
+
+
+@pytest.mark.parametrize("dtype,cuda_kernels,launches", [
+    (torch.float32, True, 139), (torch.float32, False, 466), (torch.float16, True, 139), (torch.float16, False, 369)],
+    ids=["float32-cuda-block", "float32-triton-only", "float16-cuda-block", "float16-triton-only"])
+def test_recorded_gpu_launch_counts(full_plan, dtype, cuda_kernels, launches):
+    plan = full_plan.to(dtype)
+    program = build_program(plan, 1, 256, 256, caps=recorded_gpu(cuda_kernels=cuda_kernels))
+    expected = _expected_launches(plan, program, 1 if cuda_kernels else 3)
     assert program.launch_count == sum(expected.values())
-    assert program.launch_count == (180 if cuda_kernels else 700)  # the figures the README quotes
+    assert program.launch_count == launches  # the figures the README quotes (goal: <= 140 with the CUDA block)
     with torch.no_grad():
-        heatmaps = program(torch.empty(1, 3, 256, 256, device="meta"))
+        heatmaps = program(torch.empty(1, 3, 256, 256, device="meta", dtype=dtype))
     assert collections.Counter(program.launches) == expected  # exactly the launches the steps declare
     assert len(heatmaps) == 8 and all(h.shape == (1, 16, 64, 64) and h.is_contiguous() for h in heatmaps)
     heatmap_steps = [s for s in program.steps if s.name.endswith(".heatmaps")]
@@ -77,6 +85,58 @@ def test_recorded_gpu_program_with_flip_decode(full_plan):
     plain = build_program(full_plan, 2, 256, 256, caps=recorded_gpu())
     assert program.launch_count == plain.launch_count + 3  # the flipped copy, its index_select, the decode
     assert heatmaps[-1].shape == (2, 16, 64, 64) and coords.shape == (2, 16, 2) and maxvals.shape == (2, 16)
+
+
+@pytest.mark.parametrize("cuda_kernels", [True, False], ids=["cuda-block", "triton-only"])
+def test_recorded_gpu_program_fuses_every_max_pool(full_plan, cuda_kernels):
+    program = build_program(full_plan, 1, 256, 256, caps=recorded_gpu(cuda_kernels=cuda_kernels))
+    assert not [s for s in program.steps if s.op == "max_pool"]
+    pooled = {s.name: s for s in program.steps if s.shape.endswith(" pool")}
+    if cuda_kernels:  # the block after each pool reads the pool's input
+        assert len(pooled) == _pools(full_plan) and {s.op for s in pooled.values()} == {"residual_block"}
+        assert {"stem.res1", "stack0.hg1.low1.0", "stack7.hg4.low1.0"} <= set(pooled)
+        assert pooled["stack0.hg1.low1.0"].shape == "cin=256 mid=128 cout=256 h=32 w=32 pool"
+    else:  # its conv1 reads x pooled, and its conv3 the skip (identity in the epilogue, or a projection along K)
+        assert len(pooled) == 2 * _pools(full_plan)
+        names = {"stem.res1.conv1", "stem.res1.conv3", "stack0.hg1.low1.0.conv1", "stack0.hg1.low1.0.conv3"}
+        assert names <= set(pooled)
+
+
+def test_cpu_program_keeps_separate_max_pools():
+    ref, fast = make_pair(2)
+    x = torch.rand(1, 3, 64, 64)
+    plan = fast.fused_plan()
+    program = plan.program(x)
+    pools = [s for s in program.steps if s.op == "max_pool"]
+    assert len(pools) == _pools(plan) and all(s.tactic.backend == "aten" for s in pools)
+    with torch.no_grad():
+        for out, t in zip(program(x), truth(ref, x)):
+            assert_close_to_reference(out, t, "float32")
+
+
+def test_recorded_gpu_decodes_the_flip_test_on_the_cuda_kernel_without_triton(full_plan):
+    """The CUDA decode takes its permutation by value (a kernel parameter): a program may use it for the flip test."""
+    caps = dataclasses.replace(recorded_gpu(), triton_reason="Triton is not installed (test)")
+    program = build_program(full_plan, 2, 256, 256, caps=caps, decode=True, flip_pairs=((0, 5),))
+    (decode,) = [s for s in program.steps if s.op == "decode"]
+    assert decode.tactic.backend == "cuda" and decode.launches == 1 and "by value" in decode.tactic.reason
+    with torch.no_grad():
+        heatmaps, coords, maxvals = program(torch.empty(2, 3, 256, 256, device="meta"))
+    assert collections.Counter(program.launches)["cuda.decode_heatmaps"] == 1
+    assert coords.shape == (2, 16, 2) and maxvals.shape == (2, 16) and heatmaps[-1].shape == (2, 16, 64, 64)
+
+
+def test_split_k_default_weighs_the_reduce_launch(full_plan):
+    assert tactics.split_k_default(18, 2) == 1  # 16-bit 3x3 with 128 channels: 9 steps saved, less than a launch
+    assert tactics.split_k_default(72, 8) == 8  # its float32 twin: 63 steps saved
+    assert tactics.split_k_default(72, 2) == 2 and tactics.split_k_default(72, 1) == 1  # never above conv_config's
+    assert tactics.split_k_default(2 * tactics.REDUCE_LAUNCH_STEPS, 2) == 1  # a tie keeps one launch
+    assert tactics.split_k_default(2 * tactics.REDUCE_LAUNCH_STEPS + 2, 2) == 2
+    convs = {dtype: [s for s in build_program(full_plan.to(dtype), 1, 256, 256, caps=recorded_gpu(cuda_kernels=False))
+                     .steps if s.name.endswith(".conv2")] for dtype in (torch.float16, torch.float32)}
+    assert all(s.tactic.config["SPLIT_K"] == 1 and s.launches == 1 for s in convs[torch.float16])
+    small = [s for s in convs[torch.float32] if "h=4 " in s.shape]
+    assert small and all(s.tactic.config["SPLIT_K"] == 8 and s.launches == 2 for s in small)
 
 
 def test_table_entries_override_the_default_rule(monkeypatch, full_plan):
@@ -101,9 +161,8 @@ def test_table_entries_override_the_default_rule(monkeypatch, full_plan):
     assert [s.name for s in res] == ["stack0.res.0.conv1", "stack0.res.0.conv2", "stack0.res.0.conv3"]
     split = sum(s.launches - 1 for s in program.steps if s.name.startswith("stack") and ".res.0.conv" in s.name)
     # one block per stack ran as three launches instead of one (plus a reduce per conv that splits K)
-    assert program.launch_count == 180 + 2 * 8 + split
-    assert all(s.tactic.backend == "aten" and not s.tactic.reason.startswith("table") for s in program.steps
-               if s.op == "max_pool")
+    assert program.launch_count == 139 + 2 * 8 + split
+    assert not [s for s in program.steps if s.op == "max_pool"]  # every pool fused: the entry has no step to take
 
 
 def test_packaged_table_is_valid():
@@ -236,7 +295,7 @@ def test_info_plan_lists_steps_with_tactics():
     with contextlib.redirect_stdout(out):
         assert main(["info", "--plan", "--plan-device", "recorded-gpu", "--stacks", "2", "--dtype", "float16"]) == 0
     text = out.getvalue()
-    assert "46 GPU kernel launches" in text
+    assert "37 GPU kernel launches" in text  # 46 before the 9 max-pools were fused
     assert "whole-block CUDA kernel" in text and "conv_config tiles and split-K" in text
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

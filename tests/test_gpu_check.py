@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from shg_fast import _extension
+from shg_fast.testing import TOLERANCES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,13 +36,15 @@ def test_gpu_check_on_a_cpu_machine(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["environment"]["torch"] == torch.__version__
     ops = summary["ops"]
-    assert {r["op"] for r in ops} == {"residual_block", "upsample_add", "conv1x1_bn_relu", "conv3x3_relu",
-                                      "decode_heatmaps"}
+    assert {r["op"] for r in ops} == {"residual_block", "residual_block_pool_input", "upsample_add", "conv1x1_bn_relu",
+                                      "conv3x3_relu", "decode_heatmaps"}
     measured = [r for r in ops if r["status"] == "ok"]
     assert all(r["smoke"] and r["ms_per_batch_median"] > 0 for r in measured)
     # The C++ residual block ran and agrees with its float64 twin; conv_bn_relu has no cpu backend.
     block = next(r for r in measured if r["op"] == "residual_block" and r["backend"] == "cpu")
     assert block["max_rel_error_vs_fp64"] < 1e-4
+    pooled = next(r for r in measured if r["op"] == "residual_block_pool_input" and r["backend"] == "cpu")
+    assert pooled["max_rel_error_vs_fp64"] < TOLERANCES["float32"]
     # Residual blocks carry the H200 PREDICTION next to the measurement (roofline on the aten row).
     aten_block = next(r for r in measured if r["op"] == "residual_block" and r["backend"] == "aten")
     assert aten_block["h200_roofline_ms"] > 0 and "h200_roofline_ms" not in block

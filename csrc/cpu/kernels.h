@@ -14,11 +14,12 @@ std::tuple<at::Tensor, at::Tensor> decode_heatmaps(const at::Tensor& heatmaps,
                                                    at::IntArrayRef flip_perm);
 
 // The eval-mode residual block with ATen ops on the folded weights (arguments as the
-// shg_fast::residual_block schema, already checked).
+// shg_fast::residual_block schema, already checked; pool_input: the block runs on max_pool2d(x, 2, 2)).
 at::Tensor residual_block(const at::Tensor& x, const at::Tensor& in_scale, const at::Tensor& in_shift,
                           const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2,
                           const at::Tensor& w3, const at::Tensor& b3, const c10::optional<at::Tensor>& ws,
-                          const c10::optional<at::Tensor>& bs, const c10::optional<at::Tensor>& upsample);
+                          const c10::optional<at::Tensor>& bs, const c10::optional<at::Tensor>& upsample,
+                          bool pool_input);
 
 // The instruction set the Winograd transforms run with here: "avx2+fma" or "baseline".
 std::string winograd_isa();

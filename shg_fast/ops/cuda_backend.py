@@ -17,7 +17,7 @@ import torch
 from .. import _extension
 from ..fusion import FoldedResidual
 from .conv_bn_relu import SUPPORTED_DTYPES
-from .residual_block import RESIDUAL_BLOCK
+from .residual_block import RESIDUAL_BLOCK, block_size
 
 __all__ = ["residual_block_extension", "cuda_smem_bytes", "prepack_for_cuda", "uses_tensor_cores", "cuda_tiling",
            "block_smem_bytes", "block_tiling", "TILE_SIZES"]
@@ -114,14 +114,15 @@ def prepack_for_cuda(block: FoldedResidual) -> FoldedResidual:
     return dataclasses.replace(block, w2=w2)
 
 
-def residual_block_extension(x: torch.Tensor, block: FoldedResidual,
-                             upsample: torch.Tensor | None = None) -> torch.Tensor:
+def residual_block_extension(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None = None,
+                             pool_input: bool = False) -> torch.Tensor:
     """``torch.ops.shg_fast.residual_block`` on the folded tensors of ``block`` (any device it has a kernel for)."""
     return torch.ops.shg_fast.residual_block(x, block.in_scale, block.in_shift, block.w1, block.b1, block.w2,
-                                             block.b2, block.w3, block.b3, block.ws, block.bs, upsample)
+                                             block.b2, block.w3, block.b3, block.ws, block.bs, upsample, pool_input)
 
 
-def _check_cpu(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None = None) -> list[str]:
+def _check_cpu(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None = None,
+               pool_input: bool = False) -> list[str]:
     return [] if x.dtype in SUPPORTED_DTYPES else [f"residual_block cpu does not support dtype {x.dtype}"]
 
 
@@ -131,7 +132,8 @@ def _smem_limit(index: int) -> int:
     return torch.cuda.get_device_properties(index).shared_memory_per_block_optin
 
 
-def _check_cuda(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None = None) -> list[str]:
+def _check_cuda(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None = None,
+                pool_input: bool = False) -> list[str]:
     reasons = _check_cpu(x, block, upsample)
     if x.dtype == torch.float32 and not uses_tensor_cores(x.dtype, block):  # auto then takes triton
         reasons.append("residual_block cuda runs float32 on tensor cores only as TF32 "
@@ -154,10 +156,11 @@ def _output_is_channels_last(x: torch.Tensor) -> bool:
 
 def _register_library_op() -> None:
     @torch.library.register_fake("shg_fast::residual_block")
-    def _(x, in_scale, in_shift, w1, b1, w2, b2, w3, b3, ws, bs, upsample):
+    def _(x, in_scale, in_shift, w1, b1, w2, b2, w3, b3, ws, bs, upsample, pool_input=False):
         torch._check(x.dim() == 4, lambda: "residual_block needs a 4-D x")
         torch._check(w3.dim() == 4, lambda: "residual_block needs a 4-D w3")
-        n, _, h, w = x.shape
+        n = x.shape[0]
+        h, w = block_size(x, pool_input)
         fmt = torch.channels_last if _output_is_channels_last(x) else torch.contiguous_format
         return x.new_empty((n, w3.shape[0], h, w)).contiguous(memory_format=fmt)
 

@@ -8,9 +8,13 @@ fake implementation, so ``torch.compile`` sees into them):
 ``shg_fast::decode_heatmaps_triton(heatmaps, flipped, flip_perm)``
     ``(coords (N,K,2) f32, maxvals (N,K) f32)``.
 ``shg_fast::conv_bn_relu_triton(x, weight, bias, x2, in_scale, in_shift, residual, upsample,
-stride, padding, in_relu, out_relu, allow_tf32)``
+stride, padding, in_relu, out_relu, allow_tf32, pool_x, pool_x2, pool_residual)``
     the fused conv; ``x2`` is a second input concatenated after ``x`` along channels (no
     prologue on it), which lets a projection skip share the last GEMM of a residual block.
+    ``pool_*``: that input is read 2x2/stride-2 max-pooled (it is stored at twice the size),
+    so a residual block on a max-pool's output reads the pool's input instead.
+    A split-K conv's float32 partial sums live in a workspace kept per (device, stream) and
+    grown to the largest size asked for (:func:`clear_workspaces` frees them).
 
 The public ops (:func:`~shg_fast.ops.conv_bn_relu`, :func:`~shg_fast.ops.residual_block`, ...)
 reach these through their ``FusedOp`` registrations (``backend="triton"``, or ``auto`` on CUDA
@@ -21,6 +25,7 @@ fail to import, the backend reports why instead of breaking ``import shg_fast``.
 
 from __future__ import annotations
 
+import threading
 from typing import List, Optional, Tuple
 
 import torch
@@ -31,7 +36,7 @@ from .decode_heatmaps import SUPPORTED_DTYPES as DECODE_DTYPES
 from .residual_block import RESIDUAL_BLOCK
 from .upsample_add import UPSAMPLE_ADD, upsample_add_backward, upsample_add_setup_context
 
-__all__ = ["KERNEL_DTYPES", "IMPORT_ERROR"]
+__all__ = ["KERNEL_DTYPES", "IMPORT_ERROR", "clear_workspaces"]
 
 #: Activation/weight dtypes the conv and upsample kernels support (float64 is left to other backends).
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -125,7 +130,7 @@ def _check_conv_bn_relu(x, weight, bias=None, *, padding=None, in_scale=None, in
     return reasons + _forward_only_reasons("conv_bn_relu", (x, *others.values()))
 
 
-def _check_residual_block(x, block, upsample=None) -> list[str]:
+def _check_residual_block(x, block, upsample=None, pool_input=False) -> list[str]:
     return _tensor_reasons("residual_block", KERNEL_DTYPES, {"x": x, "upsample": upsample}) + \
         _forward_only_reasons("residual_block", (x, upsample, block.w1, block.w2, block.w3, block.ws))
 
@@ -142,9 +147,45 @@ def _sm_count(device: torch.device) -> int:
     return H200_SMS
 
 
-def _conv_output(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+#: Split-K workspaces: (device, stream id or CPU thread) -> a flat float32 buffer, grown to the largest size asked for.
+_WORKSPACES: dict[tuple, torch.Tensor] = {}
+#: Most (device, stream) workspaces kept: PyTorch's pooled streams are few; the oldest goes first.
+_MAX_WORKSPACES = 16
+
+
+def clear_workspaces() -> None:
+    """Drop the cached split-K workspaces of the Triton conv op (their memory returns to PyTorch's allocator)."""
+    _WORKSPACES.clear()
+
+
+def _workspace(numel: int, device: torch.device) -> torch.Tensor:
+    """``numel`` float32 elements of scratch for split-K partial sums, reused between calls.
+
+    Kept per (device, stream): kernels on one stream run in order, so the next call's partials
+    are written only after this call's reduce has read them (CPU tensors, in the interpreter:
+    per thread, which runs its kernels synchronously). Under ``torch.compile`` tracing and
+    during CUDA-graph capture a fresh tensor is allocated instead (a graph owns its memory).
+    """
+    if torch.compiler.is_compiling() or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return torch.empty(numel, dtype=torch.float32, device=device)
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else threading.get_ident()
+    key = (device, stream)
+    buf = _WORKSPACES.pop(key, None)
+    if buf is None or buf.numel() < numel:
+        buf = None  # release the smaller one before allocating its successor
+        buf = torch.empty(numel, dtype=torch.float32, device=device)
+    _WORKSPACES[key] = buf  # most recently used last
+    while len(_WORKSPACES) > _MAX_WORKSPACES:
+        del _WORKSPACES[next(iter(_WORKSPACES))]
+    return buf[:numel]
+
+
+def _conv_output(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int,
+                 pool_x: bool = False) -> torch.Tensor:
     """The uninitialised conv output, in x's memory format (channels_last if x is, else contiguous)."""
     n, _, h, w = x.shape
+    if pool_x:
+        h, w = h // 2, w // 2
     c_out, _, kh, kw = weight.shape
     oh, ow = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
     channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -205,11 +246,14 @@ def _register_ops() -> None:
         in_scale: Optional[torch.Tensor], in_shift: Optional[torch.Tensor],
         residual: Optional[torch.Tensor], upsample: Optional[torch.Tensor],
         stride: int, padding: int, in_relu: bool, out_relu: bool, allow_tf32: bool,
+        pool_x: bool = False, pool_x2: bool = False, pool_residual: bool = False,
     ) -> torch.Tensor:
-        out = _conv_output(x, weight, stride, padding)
+        out = _conv_output(x, weight, stride, padding, pool_x)
         if out.numel() == 0:
             return out
         n, c1, h, w = x.shape
+        if pool_x:  # the conv's input is x's 2x2 max-pool, read as it loads
+            h, w = h // 2, w // 2
         c_out, _, kh, kw = weight.shape
         oh, ow = out.shape[-2:]
         c2 = 0 if x2 is None else x2.shape[1]
@@ -220,15 +264,16 @@ def _register_ops() -> None:
         # Absent optional tensors are never read (their HAS_* flag is off): pass x in their place.
         x2_, bias_, scale_, shift_, res_, up_ = (x if t is None else t for t in
                                                  (x2, bias, in_scale, in_shift, residual, upsample))
-        part = torch.empty((split, m, c_out), dtype=torch.float32, device=x.device) if split > 1 else out
+        part = _workspace(split * m * c_out, x.device) if split > 1 else out
         flags = dict(HAS_BIAS=bias is not None, OUT_RELU=out_relu, HAS_RESIDUAL=residual is not None,
-                     HAS_UPSAMPLE=upsample is not None)
+                     HAS_UPSAMPLE=upsample is not None, POOL_RES=pool_residual)
         _launcher(conv_bn_relu_kernel)[grid](
             x, x2_, weight, bias_, scale_, shift_, res_, up_, out, part,
             n, c1, c2, h, w, c_out, oh, ow, stride, padding,
             *x.stride(), *x2_.stride(), *weight.stride(), *res_.stride(), *up_.stride(), *out.stride(),
             KH=kh, KW=kw, HAS_X2=x2 is not None, HAS_SCALE=in_scale is not None,
-            HAS_SHIFT=in_shift is not None, IN_RELU=in_relu, ALLOW_TF32=allow_tf32, **flags, **cfg)
+            HAS_SHIFT=in_shift is not None, IN_RELU=in_relu, POOL_X=pool_x, POOL_X2=pool_x2, ALLOW_TF32=allow_tf32,
+            **flags, **cfg)
         if split > 1:  # deterministic sum of the partials, then the epilogue once
             block_m, block_n = REDUCE_BLOCK
             _launcher(conv_split_k_reduce_kernel)[(triton.cdiv(c_out, block_n) * triton.cdiv(m, block_m),)](
@@ -238,9 +283,9 @@ def _register_ops() -> None:
 
     @conv_bn_relu_triton.register_fake
     def _(x, weight, bias, x2, in_scale, in_shift, residual, upsample, stride, padding, in_relu, out_relu,
-          allow_tf32):
+          allow_tf32, pool_x=False, pool_x2=False, pool_residual=False):
         torch._check(x.dim() == 4 and weight.dim() == 4, lambda: "conv_bn_relu_triton needs 4-D x and weight")
-        return _conv_output(x, weight, stride, padding)
+        return _conv_output(x, weight, stride, padding, pool_x)
 
     def decode_heatmaps_impl(heatmaps, flipped, flip_perm):
         return decode_heatmaps_triton(heatmaps, flipped, list(flip_perm))
@@ -251,15 +296,17 @@ def _register_ops() -> None:
         return conv_bn_relu_triton(x, weight, bias, None, in_scale, in_shift, residual, upsample,
                                    stride, pad, in_relu, out_relu, _allow_tf32())
 
-    def residual_block_impl(x, block, upsample=None):
+    def residual_block_impl(x, block, upsample=None, pool_input=False):
         tf32 = _allow_tf32()
         h = conv_bn_relu_triton(x, block.w1, block.b1, None, block.in_scale, block.in_shift, None, None,
-                                1, 0, True, True, tf32)
+                                1, 0, True, True, tf32, pool_input)
         h = conv_bn_relu_triton(h, block.w2, block.b2, None, None, None, None, None, 1, 1, False, True, tf32)
         w, b = block.last_gemm()
-        if block.ws is None:
-            return conv_bn_relu_triton(h, w, b, None, None, None, x, upsample, 1, 0, False, False, tf32)
-        return conv_bn_relu_triton(h, w, b, x, None, None, None, upsample, 1, 0, False, False, tf32)
+        if block.ws is None:  # the identity skip: x (pooled) added in the epilogue
+            return conv_bn_relu_triton(h, w, b, None, None, None, x, upsample, 1, 0, False, False, tf32,
+                                       pool_residual=pool_input)
+        return conv_bn_relu_triton(h, w, b, x, None, None, None, upsample, 1, 0, False, False, tf32,
+                                   pool_x2=pool_input)
 
     UPSAMPLE_ADD.register("triton", upsample_add_triton, _check_upsample_add)
     DECODE_HEATMAPS.register("triton", decode_heatmaps_impl, _check_decode_heatmaps)

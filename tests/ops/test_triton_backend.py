@@ -113,3 +113,35 @@ def test_dynamo_traces_the_dispatch_without_graph_breaks():
     coords, maxvals = torch.compile(model, fullgraph=True, backend="eager")(x, low)
     ref_coords, ref_max = model(x, low)
     assert torch.equal(coords, ref_coords) and torch.equal(maxvals, ref_max)
+
+
+def test_split_k_workspace_is_reused_and_grows(monkeypatch):
+    """The public conv's split-K partial sums live in one cached buffer per (device, stream), not one per call."""
+    from shg_fast.ops import conv_bn_relu, conv_bn_relu_reference, triton_backend
+    from shg_fast.testing import assert_close_to_reference
+
+    allocated = []
+    real = triton_backend._workspace
+
+    def spy(numel, device):
+        out = real(numel, device)
+        allocated.append((numel, out.untyped_storage().data_ptr(), out.untyped_storage().nbytes(), out))  # kept alive
+        return out
+
+    monkeypatch.setattr(triton_backend, "_workspace", spy)
+    triton_backend.clear_workspaces()
+    x, w = torch.randn(1, 256, 4, 5), torch.randn(24, 256, 1, 1) / 16  # 16 K steps of 16 channels: split
+    first = conv_bn_relu(x, w, backend="triton")
+    again = conv_bn_relu(x, w, backend="triton")
+    conv_bn_relu(torch.randn(1, 256, 5, 5), w, backend="triton")
+    from shg_fast.kernels.conv_bn_relu import conv_config
+
+    split = conv_config(20, 256, 0, 24, 1, 1, 4, False)["SPLIT_K"]
+    assert split > 1 and conv_config(25, 256, 0, 24, 1, 1, 4, False)["SPLIT_K"] == split
+    assert [a[0] for a in allocated] == [split * 20 * 24, split * 20 * 24, split * 25 * 24]
+    assert allocated[0][1] == allocated[1][1]  # the same memory on the second call
+    assert allocated[2][2] >= 4 * split * 25 * 24 and len(triton_backend._WORKSPACES) == 1  # grown; one kept
+    assert torch.equal(first, again)
+    assert_close_to_reference(first, conv_bn_relu_reference(x.double(), w.double()), "float32")
+    triton_backend.clear_workspaces()
+    assert not triton_backend._WORKSPACES
