@@ -106,10 +106,25 @@ def _rand(*shape, dtype=torch.float32):
     return (torch.rand(*shape, device=DEVICE) * 2 - 1).to(dtype)
 
 
+def block_predictions(cin: int, cout: int, h: int, w: int, dtype_name: str, batch: int) -> dict:
+    """PREDICTED ms per batch of one residual block on an H200 per backend (shg_fast.predictions), and the
+    CUDA kernel's tiling, to stand next to the measurement (square maps: max(h, w))."""
+    from shg_fast.predictions import block_prediction, triton_block_prediction
+
+    size = max(h, w)
+    cuda = block_prediction(cin, cout, size, batch, dtype_name, upsample=False)
+    triton = triton_block_prediction(cin, cout, size, batch, dtype_name, upsample=False)
+    return {"cuda": dict(predicted_ms=cuda["predicted_us"] / 1e3, roofline_ms=cuda["roofline_us"] / 1e3,
+                         tiling=f"S{cuda['config']['tile']} R{cuda['config']['cluster']}"),
+            "triton": dict(predicted_ms=triton["predicted_us"] / 1e3, roofline_ms=cuda["roofline_us"] / 1e3),
+            "aten": dict(roofline_ms=cuda["roofline_us"] / 1e3)}
+
+
 def _op_cases(plan: dict, smoke: bool):
-    """``(op, shape label, make)`` per case; ``make(dtype, batch)`` builds the inputs and returns
+    """``(op, shape label, make, predict)`` per case; ``make(dtype, batch)`` builds the inputs and returns
     ``(fused(backend), aten(), truth(), flops per batch element or None)``: the fused op on a backend,
-    its ATen/cuDNN twin in ``dtype``, and that twin in float64 (the ground truth)."""
+    its ATen/cuDNN twin in ``dtype``, and that twin in float64 (the ground truth); ``predict(dtype name,
+    batch)`` gives the PREDICTED times per backend (residual blocks) or is None."""
     shapes = residual_shapes(plan["stacks"], plan["size"])
     pooled = [s for s in shapes if s[0] == s[1]]  # the blocks after a max-pool: identity skips
     if smoke:
@@ -125,7 +140,9 @@ def _op_cases(plan: dict, smoke: bool):
             flops = 2 * (cin * mid + mid * mid * 9 + mid * cout + (cin * cout if cin != cout else 0)) * h * w
             return (lambda backend: residual_block(xd, block, backend=backend), lambda: residual_block_reference(xd, block),
                     lambda: residual_block_reference(x, block64), flops)
-        yield "residual_block", f"{cin}->{cout} @ {h}x{w}", make
+        yield ("residual_block", f"{cin}->{cout} @ {h}x{w}", make,
+               lambda dtype_name, batch, cin=cin, cout=cout, h=h, w=w: block_predictions(cin, cout, h, w, dtype_name,
+                                                                                         batch))
     for cin, cout, h, w in pooled:
         def make_pool(dtype, batch, cin=cin, cout=cout, h=h, w=w):
             module = randomize_batchnorm(Residual(cin, cout).eval(), seed=0)
@@ -138,7 +155,9 @@ def _op_cases(plan: dict, smoke: bool):
             return (lambda backend: residual_block(xd, block, pool_input=True, backend=backend),
                     lambda: residual_block_reference(xd, block, pool_input=True),
                     lambda: residual_block_reference(x, block64, pool_input=True), flops)
-        yield "residual_block_pool_input", f"{cin}->{cout} @ {h}x{w} (pooled from {2 * h + 1}x{2 * w + 1})", make_pool
+        yield ("residual_block_pool_input", f"{cin}->{cout} @ {h}x{w} (pooled from {2 * h + 1}x{2 * w + 1})", make_pool,
+               lambda dtype_name, batch, cin=cin, cout=cout, h=h, w=w: block_predictions(cin, cout, h, w, dtype_name,
+                                                                                         batch))
     sizes = (8,) if smoke else (64,)
     for s in (8,) if smoke else (64, 32, 16, 8):
         def make_up(dtype, batch, s=s):
@@ -146,7 +165,7 @@ def _op_cases(plan: dict, smoke: bool):
             lo, sk = low.to(dtype), skip.to(dtype)
             return (lambda backend: upsample_add(lo, sk, backend=backend), lambda: upsample_add_reference(lo, sk),
                     lambda: upsample_add_reference(low, skip), None)
-        yield "upsample_add", f"256 @ {s}x{s}", make_up
+        yield "upsample_add", f"256 @ {s}x{s}", make_up, None
     for s in sizes:
         def make_c1(dtype, batch, s=s):
             x, w, b = _rand(batch, 256, s, s, dtype=torch.float64), _rand(128, 256, 1, 1, dtype=torch.float64) / 16, \
@@ -158,7 +177,7 @@ def _op_cases(plan: dict, smoke: bool):
             return (lambda backend: conv_bn_relu(xd, wd, bd, backend=backend, **kwd),
                     lambda: conv_bn_relu_reference(xd, wd, bd, **kwd), lambda: conv_bn_relu_reference(x, w, b, **kw),
                     2 * 256 * 128 * s * s)
-        yield "conv1x1_bn_relu", f"256->128 @ {s}x{s}", make_c1
+        yield "conv1x1_bn_relu", f"256->128 @ {s}x{s}", make_c1, None
 
         def make_c3(dtype, batch, s=s):
             x, w, b = _rand(batch, 128, s, s, dtype=torch.float64), _rand(128, 128, 3, 3, dtype=torch.float64) / 32, \
@@ -167,14 +186,14 @@ def _op_cases(plan: dict, smoke: bool):
             return (lambda backend: conv_bn_relu(xd, wd, bd, out_relu=True, backend=backend),
                     lambda: conv_bn_relu_reference(xd, wd, bd, out_relu=True),
                     lambda: conv_bn_relu_reference(x, w, b, out_relu=True), 2 * 128 * 128 * 9 * s * s)
-        yield "conv3x3_relu", f"128->128 @ {s}x{s}", make_c3
+        yield "conv3x3_relu", f"128->128 @ {s}x{s}", make_c3, None
 
         def make_dec(dtype, batch, s=s):
             hm = _rand(batch, 16, s, s, dtype=torch.float64)
             hd = hm.to(dtype)
             return (lambda backend: decode_heatmaps(hd, backend=backend), lambda: decode_heatmaps_reference(hd, None, []),
                     lambda: decode_heatmaps_reference(hm, None, []), None)
-        yield "decode_heatmaps", f"16 maps @ {s}x{s}", make_dec
+        yield "decode_heatmaps", f"16 maps @ {s}x{s}", make_dec, None
 
 
 def _first(result):
@@ -187,7 +206,7 @@ def cmd_ops(out: pathlib.Path, smoke: bool) -> int:
     path.unlink(missing_ok=True)
     torch.manual_seed(0)
     with torch.inference_mode():
-        for op, shape, make in _op_cases(plan, smoke):
+        for op, shape, make, predict in _op_cases(plan, smoke):
             for dtype_name in plan["dtypes"]:
                 with precision(dtype_name) as dtype:
                     for batch in plan["batches"]:
@@ -195,9 +214,11 @@ def cmd_ops(out: pathlib.Path, smoke: bool) -> int:
                         ref_out = _first(truth())
                         base = {"op": op, "shape": shape, "dtype": dtype_name, "batch": batch, "device": DEVICE,
                                 "smoke": smoke}
+                        predicted = predict(dtype_name, batch) if predict is not None else {}
                         timings = {}
                         for backend, fn in [("aten", aten)] + [(b, lambda b=b: fused(b)) for b in plan["backends"]]:
-                            row = dict(base, backend=backend)
+                            row = dict(base, backend=backend, **{f"h200_{k}": v for k, v in
+                                                                 predicted.get(backend, {}).items()})
                             try:
                                 got = _first(fn())
                             except BackendUnavailableError as exc:

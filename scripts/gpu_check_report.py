@@ -46,11 +46,16 @@ def cmd_report(out: pathlib.Path) -> int:
     lines += ["## Parts", "", "| part | status | seconds | note |", "|---|---|---|---|"]
     lines += [f"| {p['part']} | {p['status']} | {p['seconds']:.0f} | {p['note']} |" for p in parts]
     lines += ["", "## Fused ops vs ATen/cuDNN (ms per batch, median; CUDA events on a GPU)", "",
-              "| op | shape | dtype | batch | backend | ms | vs aten | max rel err vs fp64 | status |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "Residual blocks: `predicted` is the H200 PREDICTION of that backend (shg_fast/predictions.py; "
+              "`roofline` the block's own), next to the measured `ms`.", "",
+              "| op | shape | dtype | batch | backend | ms | predicted | roofline | vs aten | max rel err vs fp64 | "
+              "status |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ops:
-        lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['batch']} | {r['backend']} | "
-                     f"{_fmt(r.get('ms_per_batch_median'), '.3f')} | {_fmt(r.get('speedup_vs_aten'), '.2f')} | "
+        lines.append(f"| {r['op']} | {r['shape']} | {r['dtype']} | {r['batch']} | {r['backend']} "
+                     f"{r.get('h200_tiling', '')} | {_fmt(r.get('ms_per_batch_median'), '.3f')} | "
+                     f"{_fmt(r.get('h200_predicted_ms'), '.3f')} | {_fmt(r.get('h200_roofline_ms'), '.3f')} | "
+                     f"{_fmt(r.get('speedup_vs_aten'), '.2f')} | "
                      f"{_fmt(r.get('max_rel_error_vs_fp64'), '.1e')} | {r['status']} {r.get('reason', '')[:80]} |")
     lines += ["", "## Whole model (ms per image)", "",
               "| variant | stacks | size | dtype | batch | ms/image | images/s | vs reference | agrees | status |",

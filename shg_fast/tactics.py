@@ -31,11 +31,14 @@ The table is ``shg_fast/assets/tactics.json``::
 
 Default rule (no entry, or the entry's backend cannot run here):
 
-* CUDA devices: a residual block runs on ``cuda`` (one launch) when the extension has CUDA
-  kernels and the block's shared memory fits the device, else on ``triton`` (three convs), else
-  on the ``reference`` ops; a conv runs on ``triton`` with the ``conv_config`` tiles and the
-  split-K of :func:`split_k_default`, else ``reference``; a max-pool is fused into the block
-  that reads it (else ``aten``); the decode on ``triton``, else ``cuda``.
+* CUDA devices: a residual block runs on the backend :func:`default_residual_block` predicts
+  faster, ``cuda`` (the whole-block kernel, one launch) or ``triton`` (three implicit-GEMM
+  convs), among those that can run (the extension has CUDA kernels and the block's shared
+  memory fits the device; Triton imports); else on the ``reference`` ops. A PREDICTION-BASED
+  DEFAULT until a GPU measures both (then the table holds the measured choice). A conv runs on
+  ``triton`` with the ``conv_config`` tiles and the split-K of :func:`split_k_default`, else
+  ``reference``; a max-pool is fused into the block that reads it (else ``aten``); the decode
+  on ``triton``, else ``cuda``.
 * CPU, float32, ``auto`` backend and oneDNN present: the ``mkldnn`` tactics of the CPU runner
   (prepacked oneDNN convs with fused ReLU/add, 3x3 convs by ``winograd`` on maps of 8x8 and
   up unless ``SHG_FAST_WINOGRAD=0``, 1x1 convs on maps of at most 64 pixels by ``aten``).
@@ -54,7 +57,8 @@ from importlib import resources
 
 import torch
 
-__all__ = ["Tactic", "TABLE_PATH", "REDUCE_LAUNCH_STEPS", "load_table", "lookup", "dtype_name", "split_k_default"]
+__all__ = ["Tactic", "TABLE_PATH", "REDUCE_LAUNCH_STEPS", "load_table", "lookup", "dtype_name", "split_k_default",
+           "default_residual_block"]
 
 #: Where the table lives inside the package.
 TABLE_PATH = "assets/tactics.json"
@@ -137,3 +141,37 @@ def split_k_default(steps: int, split: int) -> int:
             best, best_cost = s, cost
         s *= 2
     return best
+
+
+def _mode(dtype: torch.dtype, tf32: bool) -> str | None:
+    """The prediction mode of a dtype (``None``: no prediction, e.g. float64)."""
+    if dtype == torch.float32:
+        return "tf32" if tf32 else "fp32"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype)
+
+
+def default_residual_block(cin: int, cout: int, height: int, width: int, dtype: torch.dtype, batch: int, *,
+                           tf32: bool, upsample: bool) -> Tactic:
+    """The default backend of a residual block on a GPU, by PREDICTED time (no GPU has measured it).
+
+    Compares :func:`shg_fast.predictions.block_prediction` (the whole-block CUDA kernel: one
+    launch, its tiling on an H200) with :func:`~shg_fast.predictions.triton_block_prediction`
+    (three Triton convs, their split-K reduce launches included), each with the assumed 2 us
+    per-launch floor of a graph replay, for a ``max(height, width)`` square map. float32
+    without TF32 goes to ``triton`` (the CUDA kernel's exact path is a slow scalar loop);
+    float64 (no prediction) to ``cuda``. The caller checks that the backend can run here.
+    """
+    from .predictions import block_prediction, triton_block_prediction
+
+    mode = _mode(dtype, tf32)
+    if mode is None:
+        return Tactic("cuda", f"default rule: no prediction for {dtype_name(dtype)}; whole-block CUDA kernel")
+    if mode == "fp32":
+        return Tactic("triton", "default rule: exact float32 (TF32 off) runs on the Triton convs; the CUDA "
+                                "kernel's exact path is a scalar loop")
+    size = max(height, width)
+    cuda_us = block_prediction(cin, cout, size, batch, mode, upsample)["predicted_us"]
+    triton_us = triton_block_prediction(cin, cout, size, batch, mode, upsample)["predicted_us"]
+    backend = "cuda" if cuda_us <= triton_us else "triton"
+    return Tactic(backend, f"default rule (PREDICTED on an H200, not measured): cuda {cuda_us:.1f} us vs "
+                           f"triton {triton_us:.1f} us")

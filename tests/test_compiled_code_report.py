@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -47,11 +48,50 @@ def test_tactic_candidates_cover_every_layer_shape_with_a_labelled_default(tmp_p
     keys = [tuple(sorted(e["key"].items())) for e in data["entries"]]
     assert len(keys) == len(set(keys))
     convs = [layer for layer in report.network_layers() if layer["kind"] == "conv"]
-    assert {(e["key"]["k"], e["key"]["c_in"], e["key"]["c_out"], e["key"]["size"]) for e in data["entries"]} == \
+    conv_entries = [e for e in data["entries"] if e["key"]["op"] == "conv"]
+    assert {(e["key"]["k"], e["key"]["c_in"], e["key"]["c_out"], e["key"]["size"]) for e in conv_entries} == \
         {(c["k"], c["c1"], c["c_out"], c["size"]) for c in convs}
+    blocks = [layer for layer in report.network_layers(blocks=True) if layer["kind"] == "block"]
+    block_entries = [e for e in data["entries"] if e["key"]["op"] == "residual_block"]
+    assert len(block_entries) == len(blocks) * len(report.MODES) * len(report.BATCHES)
     for entry in data["entries"]:
         assert entry["measured"] is False and "not measured" in entry["choice"]["reason"]
         assert entry["choice"]["backend"] in {c["backend"] for c in entry["candidates"]}
+    for entry in block_entries:
+        predicted = {c["backend"]: c["predicted_us"] for c in entry["candidates"]}
+        best = "triton" if entry["key"]["dtype"] == "fp32" else min(predicted, key=lambda b: (predicted[b], b))
+        assert entry["choice"]["backend"] == best, entry
+
+
+def test_block_rows_follow_the_tactic_rule_and_name_each_miss():
+    """Every residual block row: both predictions, the default rule's choice (shg_fast.tactics), a miss reason."""
+    import torch
+
+    from shg_fast.tactics import default_residual_block
+
+    rows, _ = report.layer_report()
+    block_rows = [r for r in rows if r["kind"] == "block"]
+    layers = {layer["name"]: layer for layer in report.network_layers(blocks=True)}
+    dtypes = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "bf16": (torch.bfloat16, False),
+              "fp16": (torch.float16, False)}
+    assert {r["layer"] for r in block_rows} >= {"r1", "r4", "r5", "hg64", "hg64+up", "hg4"}
+    for row in block_rows:
+        layer = layers[row["layer"]]
+        dtype, tf32 = dtypes[row["dtype"]]
+        tactic = default_residual_block(layer["c_in"], layer["c_out"], layer["size"], layer["size"], dtype,
+                                        row["batch"], tf32=tf32, upsample=layer["upsample"])
+        assert tactic.backend == row["backend"], (row["layer"], row["dtype"], row["batch"], tactic.reason)
+        assert "PREDICTED" in tactic.reason or row["dtype"] == "fp32"
+        chosen = row[row["backend"]]
+        assert row["predicted_us"] == chosen["predicted_us"]
+        config = row["cuda"]["config"]
+        assert config["tile"] in (8, 4, 2) and config["cluster"] in (1, 2, 4, 8)
+        # batch 1 fills the SMs: at least 90% of 132 CTAs, except the 4x4 map (one tile per image).
+        if row["batch"] == 1 and layer["size"] > 4 and row["dtype"] != "fp32":
+            assert config["ctas"] >= 0.9 * 132, row
+    goals = report.goals([], [], rows)
+    for line in goals["layers_kernel_over_2x_roofline"]:
+        assert "; " in line and ("cuda S" in line or "triton" in line), line
 
 
 def test_committed_report_has_the_required_fields():
@@ -63,6 +103,33 @@ def test_committed_report_has_the_required_fields():
                       "triton"):
             assert field in kernel, (kernel["name"], field)
     assert set(data["predicted_ms"]) == {f"{m}/batch{b}" for m in report.MODES for b in report.BATCHES}
+    blocks = [k for k in data["cuda_kernels"] if k["name"].startswith("residual_block_kernel")]
+    assert {(k["dtype"], k["path"]) for k in blocks} == {
+        ("bf16", "tensor_core"), ("fp16", "tensor_core"), ("tf32", "tensor_core"), ("bf16", "exact"),
+        ("fp16", "exact"), ("fp32", "exact"), ("fp64", "exact")}
+    for kernel in blocks:
+        assert kernel["spill_bytes"] == 0 and kernel["spill_instructions"] == 0, kernel["name"]
+        assert set(kernel["per_tile_256x256"]) == {"S8", "S4", "S2"}
+        if kernel["path"] == "tensor_core":
+            assert kernel["tensor_core"] in ("HMMA", "HGMMA") and kernel["ldmatrix"] > 0 and kernel["cp_async"] > 0
+            assert kernel["per_tile_256x256"]["S2"]["ctas_per_sm"] >= 2
+    cuda_goals = data["goals"]["cuda"]
+    assert cuda_goals["no_spills_in_gemms"] and cuda_goals["tensor_cores_in_every_tensor_core_gemm"]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None or _load("compile_triton_sm90").cuobjdump() is None,
+                    reason="nvcc or cuobjdump missing")
+def test_cuda_block_kernel_compiles_to_ldmatrix_mma_sync_without_spills():
+    (source,) = [p for p in (ROOT / "csrc" / "cuda").glob("residual_block.cu")]
+    entries = [k for k in report.cuda_kernels([source]) if k["gemm"]]
+    tensor = [k for k in entries if k["path"] == "tensor_core"]
+    assert {k["dtype"] for k in tensor} == {"bf16", "fp16", "tf32"}
+    for kernel in entries:
+        assert kernel["spill_bytes"] == 0 and kernel["spill_instructions"] == 0, kernel
+        assert 0 < kernel["registers"] <= 128, kernel  # two 256-thread CTAs per SM by registers
+    for kernel in tensor:
+        assert kernel["tensor_core"] == "HMMA" and kernel["mma_instructions"] > 0, kernel
+        assert kernel["ldmatrix"] > 0 and kernel["cp_async"] > 0, kernel
 
 
 @pytest.mark.skipif(_load("compile_triton_sm90").cuobjdump() is None, reason="no cuobjdump")

@@ -45,6 +45,10 @@ def test_gpu_check_on_a_cpu_machine(tmp_path):
     assert block["max_rel_error_vs_fp64"] < 1e-4
     pooled = next(r for r in measured if r["op"] == "residual_block_pool_input" and r["backend"] == "cpu")
     assert pooled["max_rel_error_vs_fp64"] < TOLERANCES["float32"]
+    # Residual blocks carry the H200 PREDICTION next to the measurement (roofline on the aten row).
+    aten_block = next(r for r in measured if r["op"] == "residual_block" and r["backend"] == "aten")
+    assert aten_block["h200_roofline_ms"] > 0 and "h200_roofline_ms" not in block
+    assert "| predicted | roofline |" in (out / "summary.md").read_text()
     assert any(r["op"] == "conv3x3_relu" and r["backend"] == "cpu" and r["status"] == "skipped" for r in ops)
     assert not [r for r in ops if r["status"] == "error"]
     model = {(r["variant"], r["status"]) for r in summary["model"]}

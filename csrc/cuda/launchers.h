@@ -34,7 +34,8 @@ cudaError_t shg_decode_heatmaps(const void* heatmaps, const int64_t heatmap_stri
                                 cudaStream_t stream);
 
 // The folded eval-mode residual block (shg_fast.fusion.FoldedResidual), all tensors of one
-// dtype, contiguous, on one device. Activations are NHWC.
+// dtype, contiguous, on one device. Activations are NHWC. Zero-initialise (`args{}`) and set
+// every field; in_H = in_W = 0 without pool_input reads as in_H = H, in_W = W.
 typedef struct {
   const void* x;         // (N, H, W, Cin) residual-stream input
   const void* in_scale;  // (Cin) bn1 scale, applied before ReLU
@@ -48,15 +49,24 @@ typedef struct {
   const void* ws;        // (Cout, Cin) projection skip, or NULL for the identity skip (Cin == Cout)
   const void* bs;        // (Cout) projection bias, NULL exactly when ws is NULL
   const void* upsample;  // (N, ceil(H/2), ceil(W/2), Cout) nearest-2x added last, or NULL
+  int allow_tf32;        // float32 only: 1 runs the GEMMs on TF32 tensor cores, 0 keeps exact fp32 products (slow)
   void* out;             // (N, H, W, Cout)
   int64_t N, H, W, Cin, Cmid, Cout;
   int64_t in_H, in_W;    // dims of x: (N, in_H, in_W, Cin); equal to H, W unless pool_input
   int pool_input;        // 1: the block's input is the 2x2/stride-2 max-pool of x (H = in_H / 2, W = in_W / 2, floor); NaN propagates
 } shg_residual_block_args;
 
-// Dynamic shared memory (bytes) one block of shg_residual_block needs for these arguments;
-// the caller compares it with the device's opt-in limit before launching.
+// Dynamic shared memory (bytes) one block of shg_residual_block needs for these arguments at
+// least (its smallest tile; the launcher takes a larger one when it fits); the caller compares
+// it with the device's opt-in limit before launching.
 size_t shg_residual_block_smem_bytes(const shg_residual_block_args* args, shg_dtype dtype);
+
+// The tiling shg_residual_block launches with on a device of `sms` SMs, `smem_limit` bytes of
+// opt-in shared memory per block and thread-block clusters when `clusters` != 0 (sm_90+):
+// *tile = S (S x S output pixels per tile; 0 when nothing fits), *cluster = R (CTAs per tile,
+// each computing 1/R of every stage's channels). Pure host arithmetic, no CUDA call.
+void shg_residual_block_tiling(const shg_residual_block_args* args, shg_dtype dtype, int sms, int smem_limit,
+                               int clusters, int* tile, int* cluster);
 
 // The whole block in one kernel launch (see residual_block.cu). Returns cudaErrorInvalidValue
 // for arguments outside the contract (including more shared memory than the device allows).

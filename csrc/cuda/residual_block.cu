@@ -1,362 +1,665 @@
 // CUDA kernel: the eval-mode pre-activation residual block (shg_fast.fusion.FoldedResidual) in
-// one launch. Each thread block owns a kTileH x kTileW tile of output pixels of one image and a
-// chunk of output channels:
+// one launch. A cluster of R thread blocks ("CTAs", R in {1, 2, 4, 8}) owns an S x S tile of
+// output pixels of one image (S in {8, 4, 2}, chosen per map size); CTA r of the cluster
+// computes the r-th 1/R of the channels of every GEMM stage and the CTAs exchange their slices
+// of the intermediates through distributed shared memory (sm_90 clusters), so no stage is
+// recomputed across CTAs and every weight is read once per tile:
 //
-//   A  a1 = relu(x * in_scale + in_shift)       tile + 1-pixel halo, all Cin      -> shared
-//   B  h1 = relu(a1 . w1 + b1)                  tile + halo, all Cmid; 0 outside  -> shared
-//                                                the image (conv3x3 zero padding)
-//   C  h2 = relu(conv3x3(h1) + b2)               tile, all Cmid                    -> shared (over a1)
-//   D  out = h2 . w3 + b3 + skip + up            tile, the block's output channels -> global
-//        skip = x (identity) or x . ws + bs (projection, on the raw input);
-//        up   = upsample[n, y / 2, x / 2]        (optional nearest-2x add)
+//   A  a1 = relu(xin * in_scale + in_shift)      halo ((S+2)^2 pixels), all Cin   -> smem a1
+//        xin = x, or the 2x2/stride-2 max of x (pool_input; NaN propagates)
+//   B  h1 = relu(a1 . w1^T + b1)                 halo, channels of slice r       -> smem h1
+//        0 outside the image (zero padding of the conv3x3); then the other CTAs' slices are
+//        copied in (cluster barrier, DSMEM reads): every CTA holds all Cmid channels of h1
+//   C  h2 = relu(conv3x3(h1) + b2)               tile (S^2 pixels), slice r      -> smem h2 (over a1)
+//        then gathered like h1
+//   D  out = h2 . w3^T (+ xin . ws^T + bs) + b3 (+ xin) (+ upsample[n, y/2, x/2])
+//                                                tile, output channels of slice r -> global
 //
-// Stages B, C and D are GEMMs with fp32 accumulation (fp64 for double). For fp16/bf16 with
-// every channel count a multiple of 16 they run on tensor cores (WMMA 16x16x16); otherwise a
-// plain loop computes each output element (the path for fp32, fp64 and odd channel counts).
-// A block recomputes stages A-C for its tile; splitting output channels across blocks trades
-// that recomputation for enough blocks to fill the GPU on small maps at batch 1.
-#include <mma.h>
+// Each stage is a GEMM C[M x Nslice] = A[M x K] . W[Nslice x K]^T with A in shared memory
+// (activation rows: pixels; a row is K elements plus 16 bytes of padding, so the 8 rows one
+// ldmatrix reads fall in 8 different 16-byte bank groups) and W the weights, rows of K
+// elements in global memory. The K dimension is cut into segments (stage C: the 9 taps; stage
+// D: h2 then, for the projection, xin), streamed in chunks of about 8 KB of weights.
+//
+// Tensor-core path (fp16, bf16, and fp32 as TF32 when the caller allows TF32): 8 warps; the
+// weights of a chunk (up to kNPass rows x 128 bytes of K, or fewer rows x up to 1 KB; rows
+// padded by 16 bytes) are copied to shared memory by cp.async into one of kStages = 3 buffers
+// (chunks c+1 and c+2 load while chunk c is multiplied) and read by every warp. Warp tile: 16
+// rows x 32 columns (4 mma n8 tiles); warp w takes warp tiles w, w + 8 (at most kWarpTiles of
+// them per pass over kNPass columns; tile t is row block t / groups, column group t % groups). Per k-step of
+// 32 bytes (k16 for 16-bit, k8 for TF32) a warp loads A with one ldmatrix.x4 and B with two
+// ldmatrix.x4 and issues 4 mma.sync (m16n8k16 f16/bf16, or m16n8k8 tf32), fp32 accumulation.
+// Rows past M (the padding of M to 16) and columns past the slice read clamped addresses and
+// are dropped by the epilogue.
+//
+// Exact path (fp64; fp32 without TF32; channel counts the tensor-core path does not take; x or
+// weights not 16-byte aligned): the same stages with one thread per output element and weights
+// read from global memory, fp64 accumulation for double, fp32 otherwise; R = 1. Slow (no tensor
+// cores): the Python `cuda` backend refuses exact float32 blocks (they run on the Triton convs).
+//
+// Without a GPU this was checked by a float64 emulation of the tiling, cluster slices, gathers
+// and the ldmatrix / mma.sync fragment layouts of the PTX ISA against the reference (odd sizes,
+// partial tiles, pool_input with NaN, R = 1..4, multi-pass and multi-chunk GEMMs).
+#include <cooperative_groups.h>
+
+#include <type_traits>
 
 #include "common.cuh"
 
 namespace shg_fast::cuda {
 namespace {
 
+namespace cg = cooperative_groups;
+
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kTileH = 4;   // output rows per block
-constexpr int kTileW = 16;  // output columns per block: one WMMA M-tile is one output row
-constexpr int kHaloH = kTileH + 2;
-constexpr int kHaloW = kTileW + 2;
-constexpr int kHaloPixels = kHaloH * kHaloW;                // 108
-constexpr int kHaloRows = (kHaloPixels + 15) / 16 * 16;     // 112: rows of a1/h1, padded for WMMA
-constexpr int kTilePixels = kTileH * kTileW;                // 64
-constexpr int kMaxChunks = 4;  // at most 4x recomputation of stages A-C
-constexpr int kWmma = 16;
+constexpr int kChunkBytes = 128;                   // K bytes of a weight chunk of kNPass rows
+constexpr int kRowPad = 16;                        // padding bytes after every shared-memory row
+constexpr int kBStride = kChunkBytes + kRowPad;    // bytes between weight rows of a chunk
+constexpr int kNPass = 64;                         // weight rows (output channels) per pass
+constexpr int kBBufferBytes = kNPass * kBStride;   // one of the kStages weight buffers
+constexpr int kStages = 3;                         // weight buffers: kStages - 1 chunks in flight
+constexpr int kWarpTiles = 2;                      // 16 x 32 warp tiles per warp and pass
+constexpr int kTiles[] = {8, 4, 2};                // output tile sizes S, largest first
+constexpr int kMaxCluster = 8;                     // portable cluster size
+constexpr int kMaxHalo = (8 + 2) * (8 + 2);
 
-static_assert(kTileW == kWmma, "stage C maps one WMMA M-tile onto one output row");
-static_assert(kTilePixels % kWmma == 0, "stage D tiles the output pixels by 16");
-
-// Byte offsets of the shared-memory regions of one block (each 128-byte aligned).
-struct SmemLayout {
-  size_t a1_h2;  // a1 (kHaloRows x Cin), later h2 (kTilePixels x Cmid)
-  size_t h1;     // kHaloRows x Cmid
-  size_t xs;     // raw x of the tile (kTilePixels x Cin): tensor-core projection only
-  size_t stage;  // per-warp 16x16 float accumulator staging: tensor-core path only
-  size_t total;
-};
+// Stage B's M (the halo of the largest tile) fits the warp tiles of one pass.
+static_assert((kMaxHalo + 15) / 16 * (kNPass / 32) <= kWarps * kWarpTiles, "stage B overflows the warp tiles");
 
 __host__ __device__ inline size_t align128(size_t bytes) { return (bytes + 127) / 128 * 128; }
 
-__host__ __device__ inline SmemLayout smem_layout(int64_t Cin, int64_t Cmid, size_t elem, bool tensor_cores,
+// Bytes of one shared-memory activation row of `channels` elements.
+__host__ __device__ inline int row_bytes(int channels, int elem) { return channels * elem + kRowPad; }
+
+// Byte offsets of the shared-memory regions of one CTA for tile size S.
+struct SmemLayout {
+  size_t a1_h2;  // a1 ((S+2)^2 rows x Cin), later h2 (S^2 rows x Cmid)
+  size_t h1;     // (S+2)^2 rows x Cmid
+  size_t xs;     // xin of the tile (S^2 rows x Cin): projection only
+  size_t wbuf;   // kStages weight chunk buffers: tensor-core path only
+  size_t total;
+};
+
+__host__ __device__ inline SmemLayout smem_layout(int S, int64_t Cin, int64_t Cmid, int elem, bool mma,
                                                   bool projection) {
-  const size_t a1 = static_cast<size_t>(kHaloRows) * Cin, h2 = static_cast<size_t>(kTilePixels) * Cmid;
+  const size_t halo = static_cast<size_t>(S + 2) * (S + 2), tile = static_cast<size_t>(S) * S;
+  const size_t a1 = halo * row_bytes(static_cast<int>(Cin), elem), h2 = tile * row_bytes(static_cast<int>(Cmid), elem);
   SmemLayout s;
   s.a1_h2 = 0;
-  s.h1 = align128((a1 > h2 ? a1 : h2) * elem);
-  s.xs = s.h1 + align128(static_cast<size_t>(kHaloRows) * Cmid * elem);
-  s.stage = s.xs + (tensor_cores && projection ? align128(static_cast<size_t>(kTilePixels) * Cin * elem) : 0);
-  s.total = s.stage + (tensor_cores ? static_cast<size_t>(kWarps) * kWmma * kWmma * sizeof(float) : 0);
+  s.h1 = align128(a1 > h2 ? a1 : h2);
+  s.xs = s.h1 + align128(halo * row_bytes(static_cast<int>(Cmid), elem));
+  s.wbuf = s.xs + (projection ? align128(tile * row_bytes(static_cast<int>(Cin), elem)) : 0);
+  s.total = s.wbuf + (mma ? static_cast<size_t>(kStages) * kBBufferBytes : 0);
   return s;
 }
 
-// The kernel's view of shg_residual_block_args, typed.
+// The kernel's view of shg_residual_block_args, typed, plus the tiling the launcher chose.
 template <typename T>
 struct Params {
-  const T* __restrict__ x;
-  const T* __restrict__ in_scale;
-  const T* __restrict__ in_shift;
-  const T* __restrict__ w1;
-  const T* __restrict__ b1;
-  const T* __restrict__ w2;
-  const T* __restrict__ b2;
-  const T* __restrict__ w3;
-  const T* __restrict__ b3;
-  const T* __restrict__ ws;
-  const T* __restrict__ bs;
-  const T* __restrict__ upsample;
-  T* __restrict__ out;
-  int H, W, Cin, Cmid, Cout;  // each < 2^31 (checked by the launcher)
-  int tiles_w;                // ceil(W / kTileW)
-  int tiles_per_image;        // ceil(H / kTileH) * tiles_w
-  int chunk;                  // output channels per block (blockIdx.y selects the chunk)
+  const T* __restrict__ x;         // (N, in_H, in_W, Cin)
+  const T* __restrict__ in_scale;  // (Cin)
+  const T* __restrict__ in_shift;  // (Cin)
+  const T* __restrict__ w1;        // (Cmid, Cin)
+  const T* __restrict__ b1;        // (Cmid)
+  const T* __restrict__ w2;        // (9, Cmid, Cmid) tap-major
+  const T* __restrict__ b2;        // (Cmid)
+  const T* __restrict__ w3;        // (Cout, Cmid)
+  const T* __restrict__ b3;        // (Cout)
+  const T* __restrict__ ws;        // (Cout, Cin) or null
+  const T* __restrict__ bs;        // (Cout) or null
+  const T* __restrict__ upsample;  // (N, ceil(H/2), ceil(W/2), Cout) or null
+  T* __restrict__ out;             // (N, H, W, Cout)
+  int H, W, in_H, in_W;            // block (output) dims and the dims of x
+  int pool;                        // 1: xin is the 2x2 max-pool of x
+  int Cin, Cmid, Cout;
+  int S;                           // output tile size (S x S pixels)
+  int R;                           // CTAs per cluster: each computes 1/R of every stage's channels
+  int tiles_w;                     // ceil(W / S)
+  int tiles_per_image;             // ceil(H / S) * tiles_w
 };
 
-// out[n, gy, gx, co] = acc (h2 . w3 + b3 and, for the projection, x . ws + bs) + identity skip
-// + upsample. acc already holds the GEMM sums; this adds the rest and stores.
-template <typename T, typename Acc, typename index_t>
-__device__ __forceinline__ void store_output(const Params<T>& p, index_t n, int gy, int gx, int co, Acc acc) {
-  const index_t pixel = (n * p.H + gy) * p.W + gx;
-  acc += to_acc<Acc>(p.b3[co]);
-  if (p.ws != nullptr) {
-    acc += to_acc<Acc>(p.bs[co]);
-  } else {
-    acc += to_acc<Acc>(p.x[pixel * p.Cin + co]);
-  }
-  if (p.upsample != nullptr) {
-    const index_t Hl = (p.H + 1) / 2, Wl = (p.W + 1) / 2;
-    acc += to_acc<Acc>(p.upsample[((n * Hl + gy / 2) * Wl + gx / 2) * p.Cout + co]);
-  }
-  p.out[pixel * p.Cout + co] = from_acc<T, Acc>(acc);
+// max that propagates NaN from either side (torch.max_pool2d does; fmaxf would drop it).
+template <typename Acc>
+__device__ __forceinline__ Acc nan_max(Acc a, Acc b) { return (a > b || a != a) ? a : b; }
+
+// xin[n, gy, gx, c]: x itself, or the max of its 2x2 window at (2 gy, 2 gx) when pooling.
+template <typename T, typename Acc>
+__device__ __forceinline__ Acc load_xin(const Params<T>& p, int64_t n, int gy, int gx, int c) {
+  if (!p.pool) return to_acc<Acc>(p.x[((n * p.H + gy) * p.W + gx) * p.Cin + c]);
+  const T* base = p.x + ((n * p.in_H + 2 * gy) * p.in_W + 2 * gx) * p.Cin + c;
+  const int64_t row = static_cast<int64_t>(p.in_W) * p.Cin;
+  const Acc top = nan_max(to_acc<Acc>(base[0]), to_acc<Acc>(base[p.Cin]));
+  const Acc bottom = nan_max(to_acc<Acc>(base[row]), to_acc<Acc>(base[row + p.Cin]));
+  return nan_max(top, bottom);
 }
 
-// acc += A (16 x K, row-major, leading dimension lda) . B (K x 16), where B(k, j) = Bt[j * ldb + k]
-// (a weight matrix stored output-major). Pointers 32-byte aligned; K, lda, ldb multiples of 16.
+// ---- PTX wrappers (sm_80+) -------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t smem_addr(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
+
+// Four 8x8 matrices of 16-bit elements (rows of 16 bytes; lane l gives the row address of matrix
+// l / 8, row l % 8); register i of lane l holds row l / 4, 16-bit columns 2 (l % 4), +1 of matrix i.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void* row) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(row)));
+}
+
+// c (16 x 8, fp32) += a (16 x k) . b (k x 8), one warp; k = 32 bytes of the element type. `shape_types`
+// names the instruction's shape and operand types, e.g. "m16n8k16.row.col.f32.f16.f16.f32".
+#define SHG_MMA_SYNC(shape_types)                                                                          \
+  asm volatile("mma.sync.aligned." shape_types " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n" \
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                            \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+
 template <typename T>
-__device__ __forceinline__ void wmma_accumulate(nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>& acc,
-                                                const T* A, int lda, const T* Bt, int ldb, int K) {
-  using namespace nvcuda;
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-  wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> b;
-  for (int k0 = 0; k0 < K; k0 += kWmma) {
-    wmma::load_matrix_sync(a, A + k0, lda);
-    wmma::load_matrix_sync(b, Bt + k0, ldb);
-    wmma::mma_sync(acc, a, b, acc);
+struct Mma;
+template <>
+struct Mma<__half> {
+  __device__ __forceinline__ static void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    SHG_MMA_SYNC("m16n8k16.row.col.f32.f16.f16.f32");
+  }
+};
+template <>
+struct Mma<__nv_bfloat16> {
+  __device__ __forceinline__ static void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    SHG_MMA_SYNC("m16n8k16.row.col.f32.bf16.bf16.f32");
+  }
+};
+template <>
+struct Mma<float> {  // TF32: operands rounded to TF32 by to_operand (as cuBLAS does), fp32 accumulation
+  __device__ __forceinline__ static void run(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    SHG_MMA_SYNC("m16n8k8.row.col.f32.tf32.tf32.f32");
+  }
+};
+#undef SHG_MMA_SYNC
+
+// Registers loaded by ldmatrix as mma operands: as they are for 16-bit types; fp32 values rounded
+// to the nearest TF32 (cvt.rna; the tensor cores would otherwise drop the low 13 mantissa bits).
+template <typename T, int kCount>
+__device__ __forceinline__ void to_operand(uint32_t (&r)[kCount]) {
+  if constexpr (std::is_same_v<T, float>) {
+#pragma unroll
+    for (int i = 0; i < kCount; ++i) asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r[i]) : "f"(__uint_as_float(r[i])));
   }
 }
 
-// Hand the warp's 16x16 accumulator to epilogue(row, col, value), element by element.
-template <typename Epilogue>
-__device__ __forceinline__ void wmma_epilogue(const nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>& acc,
-                                              float* stage, Epilogue epilogue) {
-  using namespace nvcuda;
-  wmma::store_matrix_sync(stage, acc, kWmma, wmma::mem_row_major);
-  __syncwarp();
-  for (int i = threadIdx.x % 32; i < kWmma * kWmma; i += 32) epilogue(i / kWmma, i % kWmma, stage[i]);
-  __syncwarp();  // the next store_matrix_sync overwrites stage
+// ---- cluster helpers (a cluster of one CTA on GPUs before sm_90) -----------------------------
+
+__device__ __forceinline__ int cluster_rank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return static_cast<int>(cg::this_cluster().block_rank());
+#else
+  return 0;
+#endif
 }
 
-template <typename T, typename index_t, bool kTensorCores>
+// Barrier over the cluster's threads; shared-memory writes before it are visible to every CTA after it.
+__device__ __forceinline__ void cluster_barrier() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cg::this_cluster().sync();
+#else
+  __syncthreads();
+#endif
+}
+
+// The address of `local` (this CTA's shared memory) in CTA `rank` of the cluster.
+__device__ __forceinline__ const unsigned char* peer(const unsigned char* local, int rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  return cg::this_cluster().map_shared_rank(local, static_cast<unsigned>(rank));
+#else
+  return local;
+#endif
+}
+
+// After a cluster barrier: copy columns [q * cols, (q + 1) * cols) of `rows` rows (stride `stride`
+// bytes) from every other CTA q of the cluster into this CTA's copy; `cols * elem` is a multiple of 16.
+__device__ __forceinline__ void gather_slices(unsigned char* buf, int rows, int stride, int col_bytes, int R, int rank) {
+  const int pieces = col_bytes / 16;
+  const int per_peer = rows * pieces;
+  for (int e = threadIdx.x; e < (R - 1) * per_peer; e += kThreads) {
+    const int q = (rank + 1 + e / per_peer) % R, rest = e % per_peer;
+    const size_t offset = static_cast<size_t>(rest / pieces) * stride + q * col_bytes + (rest % pieces) * 16;
+    *reinterpret_cast<uint4*>(buf + offset) = *reinterpret_cast<const uint4*>(peer(buf, q) + offset);
+  }
+}
+
+// ---- the two GEMM engines ---------------------------------------------------------------------
+
+// A position in the K dimension: segment s, byte offset k inside it.
+struct KCursor {
+  int s, k;
+};
+
+// Walk the pieces of the chunk that starts at `at` and holds up to `chunk_bytes` of K: each piece
+// is (segment, K byte offset, byte offset in the chunk, length), never crossing a segment's end.
+// Returns the cursor after the chunk. seg_bytes(s) is a multiple of 32 bytes for every segment.
+template <typename SegBytes, typename Piece>
+__device__ __forceinline__ KCursor walk_chunk(KCursor at, int segments, int chunk_bytes, SegBytes seg_bytes,
+                                              Piece piece) {
+  int offset = 0;
+  while (offset < chunk_bytes && at.s < segments) {
+    const int length = min(chunk_bytes - offset, seg_bytes(at.s) - at.k);
+    piece(at.s, at.k, offset, length);
+    offset += length;
+    at.k += length;
+    if (at.k == seg_bytes(at.s)) at = KCursor{at.s + 1, 0};
+  }
+  return at;
+}
+
+// C[m, n_begin + j] = sum over segments s of A_s[m, :] . W_s[n_begin + j, :] for m < M, j < n_count;
+// epilogue(m, n, value) takes each element. a_row(s, m): the shared-memory row of A_s (bytes);
+// b_row(s, n): the global row of W_s (16-byte aligned); seg_bytes(s): K bytes of segment s, a
+// multiple of 32. wbuf: kStages * kBBufferBytes of shared memory. Called by all threads of the CTA.
+//
+// The output channels go in passes of up to kNPass. A pass streams its weights in chunks of
+// np rows x chunk_bytes of K (chunk_bytes = 128 f, the largest f in 1, 2, 4, 8 whose padded rows
+// fit one buffer: narrow passes take longer chunks, so every chunk moves about 8 KB); a chunk may
+// span segments (stage C: several taps), each piece multiplied against its own A rows.
+template <typename T, typename ARow, typename BRow, typename SegBytes, typename Epilogue>
+__device__ __forceinline__ void mma_gemm(unsigned char* wbuf, int M, int n_begin, int n_count, int segments,
+                                         SegBytes seg_bytes, ARow a_row, BRow b_row, Epilogue epilogue) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int m_blocks = (M + 15) / 16;
+  for (int p0 = 0; p0 < n_count; p0 += kNPass) {
+    const int np = min(kNPass, n_count - p0);  // weight rows (output channels) of this pass
+    const int groups = (np + 31) / 32;         // 32-column groups of the pass
+    const int warp_tiles = m_blocks * groups;  // <= kWarps * kWarpTiles (static_assert above)
+    int chunk_bytes = kChunkBytes * 8;
+    while (chunk_bytes > kChunkBytes && np * (chunk_bytes + kRowPad) > kBBufferBytes) chunk_bytes /= 2;
+    const int stride = chunk_bytes + kRowPad;  // an odd number of 16-byte units: conflict-free ldmatrix
+    float acc[kWarpTiles][4][4];
+#pragma unroll
+    for (int i = 0; i < kWarpTiles; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
+
+    // kStages-deep pipeline: chunks c + 1 .. c + kStages - 1 are in flight while chunk c is multiplied.
+    KCursor load_at{0, 0};  // the next chunk to load
+    auto load_next = [&](int buf) {  // one cp.async group per call (empty past the last chunk)
+      unsigned char* dst = wbuf + buf * kBBufferBytes;
+      load_at = walk_chunk(load_at, segments, chunk_bytes, seg_bytes, [&](int s, int k, int offset, int length) {
+        const int pieces = length / 16;
+        for (int e = threadIdx.x; e < np * pieces; e += kThreads) {
+          const int r = e / pieces, q = e % pieces;
+          cp_async16(dst + r * stride + offset + q * 16,
+                     reinterpret_cast<const unsigned char*>(b_row(s, n_begin + p0 + r)) + k + q * 16);
+        }
+      });
+      cp_async_commit();
+    };
+#pragma unroll
+    for (int st = 0; st < kStages - 1; ++st) load_next(st);
+    int buf = 0;  // buffer of the chunk at `at`
+    for (KCursor at{0, 0}; at.s < segments; buf = (buf + 1) % kStages) {
+      cp_async_wait<kStages - 2>();  // this thread's copies of the chunk at `at` have landed
+      __syncthreads();  // ... and every thread's; every warp is done with the previous chunk's buffer
+      load_next((buf + kStages - 1) % kStages);  // into the buffer the previous iteration read
+      const unsigned char* wb = wbuf + buf * kBBufferBytes;
+      at = walk_chunk(at, segments, chunk_bytes, seg_bytes, [&](int s, int k, int offset, int length) {
+#pragma unroll
+        for (int i = 0; i < kWarpTiles; ++i) {
+          const int tile = warp + i * kWarps;
+          if (tile >= warp_tiles) break;  // warp-uniform
+          const int mb = tile / groups, g = tile % groups;
+          // ldmatrix row addresses of this lane: A matrix (lane / 8) is rows +8 * (lane / 8 % 2), K +16 B * (lane / 16);
+          // B matrix (lane / 8) is weight rows +8 * (lane / 16), K +16 B * (lane / 8 % 2).
+          const int am = min(mb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, M - 1);
+          const unsigned char* a_ptr = a_row(s, am) + k + (lane >> 4) * 16;
+          const unsigned char* b_ptr[2];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int bn = min(g * 32 + j * 16 + (lane & 7) + (lane >> 4) * 8, np - 1);
+            b_ptr[j] = wb + bn * stride + offset + ((lane >> 3) & 1) * 16;
+          }
+          for (int ks = 0; ks < length / 32; ++ks) {
+            uint32_t a[4];
+            ldmatrix_x4(a, a_ptr + ks * 32);
+            to_operand<T>(a);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              uint32_t b[4];
+              ldmatrix_x4(b, b_ptr[j] + ks * 32);
+              to_operand<T>(b);
+              Mma<T>::run(acc[i][2 * j], a, b[0], b[1]);
+              Mma<T>::run(acc[i][2 * j + 1], a, b[2], b[3]);
+            }
+          }
+        }
+      });
+    }
+    cp_async_wait<0>();  // only empty groups can be pending here
+    __syncthreads();     // the next pass or GEMM refills the buffers
+    // Accumulator fragment: value v of n8 tile j is row (lane / 4) + 8 (v / 2), column 2 (lane % 4) + v % 2.
+#pragma unroll
+    for (int i = 0; i < kWarpTiles; ++i) {
+      const int tile = warp + i * kWarps;
+      if (tile >= warp_tiles) break;
+      const int mb = tile / groups, g = tile % groups;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int v = 0; v < 4; ++v) {
+          const int m = mb * 16 + lane / 4 + 8 * (v / 2), col = g * 32 + j * 8 + 2 * (lane % 4) + v % 2;
+          if (m < M && col < np) epilogue(m, n_begin + p0 + col, acc[i][j][v]);
+        }
+      }
+    }
+  }
+}
+
+// The same contract as mma_gemm, one thread per output element, weights from global memory.
+template <typename T, typename Acc, typename ARow, typename BRow, typename SegBytes, typename Epilogue>
+__device__ __forceinline__ void exact_gemm(int M, int n_begin, int n_count, int segments, SegBytes seg_bytes,
+                                           ARow a_row, BRow b_row, Epilogue epilogue) {
+  for (int e = threadIdx.x; e < M * n_count; e += kThreads) {
+    const int m = e / n_count, n = n_begin + e % n_count;
+    Acc acc = Acc(0);
+    for (int s = 0; s < segments; ++s) {
+      const T* a = reinterpret_cast<const T*>(a_row(s, m));
+      const T* w = b_row(s, n);
+      const int K = seg_bytes(s) / static_cast<int>(sizeof(T));
+      for (int c = 0; c < K; ++c) acc += to_acc<Acc>(a[c]) * to_acc<Acc>(w[c]);
+    }
+    epilogue(m, n, acc);
+  }
+}
+
+// ---- the kernel ----------------------------------------------------------------------------------
+
+// grid.x = N * tiles_per_image * R, clusters of R consecutive CTAs (one tile); blockDim.x = kThreads.
+template <typename T, bool kMma>
 __global__ void __launch_bounds__(kThreads) residual_block_kernel(
-    Params<T> p) {  // pointers (as shg_residual_block_args in launchers.h), sizes, tiling and channel chunk
-  using Acc = acc_t<T>;
+    Params<T> p) {  // pointers (as shg_residual_block_args in launchers.h), sizes and the chosen tiling
+  using Acc = std::conditional_t<kMma, float, acc_t<T>>;
   extern __shared__ __align__(128) unsigned char smem[];
-  const SmemLayout layout = smem_layout(p.Cin, p.Cmid, sizeof(T), kTensorCores, p.ws != nullptr);
-  T* a1 = reinterpret_cast<T*>(smem + layout.a1_h2);  // stage A output, dead after stage B
-  T* h2 = a1;                                          // stage C output
-  T* h1 = reinterpret_cast<T*>(smem + layout.h1);
-  T* xs = reinterpret_cast<T*>(smem + layout.xs);
-  float* stage = reinterpret_cast<float*>(smem + layout.stage) + (threadIdx.x / 32) * kWmma * kWmma;
+  constexpr int elem = sizeof(T);
+  const int S = p.S, halo_w = S + 2, halo = halo_w * halo_w, tile_px = S * S;
+  const SmemLayout layout = smem_layout(S, p.Cin, p.Cmid, elem, kMma, p.ws != nullptr);
+  unsigned char* a1 = smem + layout.a1_h2;  // stage A output, dead after stage B
+  unsigned char* h2 = a1;                    // stage C output
+  unsigned char* h1 = smem + layout.h1;
+  unsigned char* xs = smem + layout.xs;
+  unsigned char* wbuf = smem + layout.wbuf;
+  const int a1_stride = row_bytes(p.Cin, elem), mid_stride = row_bytes(p.Cmid, elem);
 
-  const int Cin = p.Cin, Cmid = p.Cmid;
-  const index_t n = blockIdx.x / p.tiles_per_image;
-  const int tile = blockIdx.x % p.tiles_per_image;
-  const int y0 = tile / p.tiles_w * kTileH, x0 = tile % p.tiles_w * kTileW;  // first output pixel
-  const int co_begin = blockIdx.y * p.chunk;
-  const int co_count = min(p.chunk, p.Cout - co_begin);
-  // Image position of halo pixel h (row-major in the (kTileH+2) x (kTileW+2) halo) and whether it is inside.
-  auto halo_y = [&](int h) { return y0 - 1 + h / kHaloW; };
-  auto halo_x = [&](int h) { return x0 - 1 + h % kHaloW; };
+  const int rank = cluster_rank();
+  const int64_t n = (blockIdx.x / p.R) / p.tiles_per_image;
+  const int tile = (blockIdx.x / p.R) % p.tiles_per_image;
+  const int y0 = tile / p.tiles_w * S, x0 = tile % p.tiles_w * S;  // first output pixel of the tile
   auto inside = [&](int gy, int gx) { return gy >= 0 && gy < p.H && gx >= 0 && gx < p.W; };
-
-  // Stage A: a1 = relu(x * in_scale + in_shift) on the halo; zero outside the image and in the padding rows.
-  for (int e = threadIdx.x; e < kHaloRows * Cin; e += kThreads) {
-    const int h = e / Cin, c = e % Cin;
-    const int gy = halo_y(h), gx = halo_x(h);
-    Acc v = Acc(0);
-    if (h < kHaloPixels && inside(gy, gx)) {
-      const Acc raw = to_acc<Acc>(p.x[((n * p.H + gy) * p.W + gx) * Cin + c]);
-      v = relu(raw * to_acc<Acc>(p.in_scale[c]) + to_acc<Acc>(p.in_shift[c]));
-    }
-    a1[e] = from_acc<T, Acc>(v);
-  }
-  if constexpr (kTensorCores) {
-    if (p.ws != nullptr) {  // raw x of the tile for the projection GEMM of stage D
-      for (int e = threadIdx.x; e < kTilePixels * Cin; e += kThreads) {
-        const int t = e / Cin, c = e % Cin;
-        const int gy = y0 + t / kTileW, gx = x0 + t % kTileW;
-        xs[e] = inside(gy, gx) ? p.x[((n * p.H + gy) * p.W + gx) * Cin + c] : from_acc<T, Acc>(Acc(0));
-      }
-    }
-  }
-  __syncthreads();
-
-  // Stage B: h1 = relu(a1 . w1 + b1) on the halo pixels; 0 outside the image (zero padding of conv3x3).
-  auto h1_epilogue = [&](int h, int j, Acc acc) {
-    const bool keep = inside(halo_y(h), halo_x(h));
-    h1[h * Cmid + j] = from_acc<T, Acc>(keep ? relu(acc + to_acc<Acc>(p.b1[j])) : Acc(0));
+  auto elem_at = [](unsigned char* buf, int stride, int row, int col) {
+    return reinterpret_cast<T*>(buf + static_cast<size_t>(row) * stride) + col;
   };
-  if constexpr (kTensorCores) {
-    const int tiles_n = Cmid / kWmma;
-    for (int t = threadIdx.x / 32; t < (kHaloRows / kWmma) * tiles_n; t += kWarps) {
-      const int mt = t / tiles_n, nt = t % tiles_n;
-      nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
-      nvcuda::wmma::fill_fragment(acc, 0.0f);
-      wmma_accumulate(acc, a1 + mt * kWmma * Cin, Cin, p.w1 + nt * kWmma * Cin, Cin, Cin);
-      wmma_epilogue(acc, stage, [&](int r, int c, float v) {
-        const int h = mt * kWmma + r;
-        if (h < kHaloPixels) h1_epilogue(h, nt * kWmma + c, v);
-      });
+
+  // Stage A: a1 = relu(xin * in_scale + in_shift) on the halo, 0 outside the image; xin of the tile (projection).
+  if (kMma && !p.pool) {
+    // The raw x rows arrive by cp.async, 16 bytes per copy, all in flight at once (zeros outside the
+    // image); then a1 is transformed in place.
+    const int pieces = p.Cin * elem / 16;
+    auto copy_rows = [&](unsigned char* dst, int rows, int window_w, int oy, int ox) {  // window at (oy, ox)
+      for (int e = threadIdx.x; e < rows * pieces; e += kThreads) {
+        const int r = e / pieces, q = e % pieces;
+        const int gy = oy + r / window_w, gx = ox + r % window_w;
+        unsigned char* dst_piece = dst + static_cast<size_t>(r) * a1_stride + q * 16;
+        if (inside(gy, gx)) {
+          cp_async16(dst_piece, reinterpret_cast<const unsigned char*>(p.x + ((n * p.H + gy) * p.W + gx) * p.Cin) + q * 16);
+        } else {
+          *reinterpret_cast<uint4*>(dst_piece) = make_uint4(0, 0, 0, 0);
+        }
+      }
+    };
+    copy_rows(a1, halo, halo_w, y0 - 1, x0 - 1);
+    if (p.ws != nullptr) copy_rows(xs, tile_px, S, y0, x0);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    for (int e = threadIdx.x; e < halo * p.Cin; e += kThreads) {
+      const int h = e / p.Cin, c = e % p.Cin;
+      if (!inside(y0 - 1 + h / halo_w, x0 - 1 + h % halo_w)) continue;  // stays 0
+      T* v = elem_at(a1, a1_stride, h, c);
+      *v = from_acc<T, Acc>(relu(to_acc<Acc>(*v) * to_acc<Acc>(p.in_scale[c]) + to_acc<Acc>(p.in_shift[c])));
     }
   } else {
-    for (int e = threadIdx.x; e < kHaloPixels * Cmid; e += kThreads) {
-      const int h = e / Cmid, j = e % Cmid;
-      const T* a = a1 + h * Cin;
-      const T* w = p.w1 + static_cast<index_t>(j) * Cin;
-      Acc acc = Acc(0);
-      for (int c = 0; c < Cin; ++c) acc += to_acc<Acc>(a[c]) * to_acc<Acc>(w[c]);
-      h1_epilogue(h, j, acc);
+#pragma unroll 4
+    for (int e = threadIdx.x; e < halo * p.Cin; e += kThreads) {
+      const int h = e / p.Cin, c = e % p.Cin;
+      const int gy = y0 - 1 + h / halo_w, gx = x0 - 1 + h % halo_w;
+      Acc v = Acc(0);
+      if (inside(gy, gx)) v = relu(load_xin<T, Acc>(p, n, gy, gx, c) * to_acc<Acc>(p.in_scale[c]) + to_acc<Acc>(p.in_shift[c]));
+      *elem_at(a1, a1_stride, h, c) = from_acc<T, Acc>(v);
+    }
+    if (p.ws != nullptr) {
+#pragma unroll 4
+      for (int e = threadIdx.x; e < tile_px * p.Cin; e += kThreads) {
+        const int t = e / p.Cin, c = e % p.Cin;
+        const int gy = y0 + t / S, gx = x0 + t % S;
+        *elem_at(xs, a1_stride, t, c) = from_acc<T, Acc>(inside(gy, gx) ? load_xin<T, Acc>(p, n, gy, gx, c) : Acc(0));
+      }
     }
   }
   __syncthreads();
 
-  // Stage C: h2 = relu(conv3x3(h1) + b2) on the tile; output pixel (ty, tx) reads halo pixels
-  // (ty + dy, tx + dx), dy, dx in 0..2. h2 overwrites a1, whose last reader was stage B.
-  if constexpr (kTensorCores) {
-    const int tiles_n = Cmid / kWmma;
-    for (int t = threadIdx.x / 32; t < kTileH * tiles_n; t += kWarps) {
-      const int ty = t / tiles_n, nt = t % tiles_n;  // one output row of 16 pixels, 16 channels
-      nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
-      nvcuda::wmma::fill_fragment(acc, 0.0f);
-      for (int tap = 0; tap < 9; ++tap) {
-        const int dy = tap / 3, dx = tap % 3;
-        const T* a = h1 + ((ty + dy) * kHaloW + dx) * Cmid;  // 16 consecutive halo pixels of row ty + dy
-        const T* w = p.w2 + (static_cast<index_t>(tap) * Cmid + nt * kWmma) * Cmid;
-        wmma_accumulate(acc, a, Cmid, w, Cmid, Cmid);
-      }
-      wmma_epilogue(acc, stage, [&](int r, int c, float v) {
-        const int j = nt * kWmma + c;
-        h2[(ty * kTileW + r) * Cmid + j] = from_acc<T, Acc>(relu(v + to_acc<Acc>(p.b2[j])));
+  auto gemm = [&](int M, int n_begin, int n_count, int segments, auto seg_bytes, auto a_row, auto b_row,
+                  auto epilogue) {
+    if constexpr (kMma) {
+      mma_gemm<T>(wbuf, M, n_begin, n_count, segments, seg_bytes, a_row, b_row, epilogue);
+    } else {
+      exact_gemm<T, Acc>(M, n_begin, n_count, segments, seg_bytes, a_row, b_row, epilogue);
+    }
+  };
+  const int mid_slice = p.Cmid / p.R, out_slice = p.Cout / p.R;
+
+  // Stage B: h1 = relu(a1 . w1^T + b1) on the halo, channels of this CTA's slice; 0 outside the image.
+  gemm(
+      halo, rank * mid_slice, mid_slice, 1, [&](int) { return p.Cin * elem; },
+      [&](int, int m) { return static_cast<const unsigned char*>(a1) + static_cast<size_t>(m) * a1_stride; },
+      [&](int, int j) { return p.w1 + static_cast<int64_t>(j) * p.Cin; },
+      [&](int h, int j, Acc acc) {
+        const bool keep = inside(y0 - 1 + h / halo_w, x0 - 1 + h % halo_w);
+        *elem_at(h1, mid_stride, h, j) = from_acc<T, Acc>(keep ? relu(acc + to_acc<Acc>(p.b1[j])) : Acc(0));
       });
-    }
-  } else {
-    for (int e = threadIdx.x; e < kTilePixels * Cmid; e += kThreads) {
-      const int t = e / Cmid, j = e % Cmid;
-      const int ty = t / kTileW, tx = t % kTileW;
-      Acc acc = Acc(0);
-      for (int tap = 0; tap < 9; ++tap) {
-        const T* a = h1 + ((ty + tap / 3) * kHaloW + tx + tap % 3) * Cmid;
-        const T* w = p.w2 + (static_cast<index_t>(tap) * Cmid + j) * Cmid;
-        for (int c = 0; c < Cmid; ++c) acc += to_acc<Acc>(a[c]) * to_acc<Acc>(w[c]);
-      }
-      h2[e] = from_acc<T, Acc>(relu(acc + to_acc<Acc>(p.b2[j])));
-    }
+  if (p.R > 1) {
+    cluster_barrier();
+    gather_slices(h1, halo, mid_stride, mid_slice * elem, p.R, rank);
   }
   __syncthreads();
 
-  // Stage D: out = h2 . w3 (+ x . ws) + biases + identity skip + upsample, this block's channels.
-  if constexpr (kTensorCores) {
-    const int tiles_n = co_count / kWmma;
-    for (int t = threadIdx.x / 32; t < (kTilePixels / kWmma) * tiles_n; t += kWarps) {
-      const int mt = t / tiles_n, nt = t % tiles_n;
-      const int co0 = co_begin + nt * kWmma;
-      nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
-      nvcuda::wmma::fill_fragment(acc, 0.0f);
-      wmma_accumulate(acc, h2 + mt * kWmma * Cmid, Cmid, p.w3 + static_cast<index_t>(co0) * Cmid, Cmid, Cmid);
-      if (p.ws != nullptr) {
-        wmma_accumulate(acc, xs + mt * kWmma * Cin, Cin, p.ws + static_cast<index_t>(co0) * Cin, Cin, Cin);
-      }
-      wmma_epilogue(acc, stage, [&](int r, int c, float v) {
-        const int t_pixel = mt * kWmma + r;
-        const int gy = y0 + t_pixel / kTileW, gx = x0 + t_pixel % kTileW;
-        if (inside(gy, gx)) store_output<T, Acc, index_t>(p, n, gy, gx, co0 + c, v);
-      });
-    }
-  } else {
-    for (int e = threadIdx.x; e < kTilePixels * co_count; e += kThreads) {
-      const int t = e / co_count, co = co_begin + e % co_count;
-      const int gy = y0 + t / kTileW, gx = x0 + t % kTileW;
-      if (!inside(gy, gx)) continue;
-      const T* a = h2 + t * Cmid;
-      const T* w = p.w3 + static_cast<index_t>(co) * Cmid;
-      Acc acc = Acc(0);
-      for (int c = 0; c < Cmid; ++c) acc += to_acc<Acc>(a[c]) * to_acc<Acc>(w[c]);
-      if (p.ws != nullptr) {
-        const T* xr = p.x + ((n * p.H + gy) * p.W + gx) * Cin;
-        const T* wr = p.ws + static_cast<index_t>(co) * Cin;
-        for (int c = 0; c < Cin; ++c) acc += to_acc<Acc>(xr[c]) * to_acc<Acc>(wr[c]);
-      }
-      store_output<T, Acc, index_t>(p, n, gy, gx, co, acc);
-    }
+  // Stage C: h2 = relu(conv3x3(h1) + b2); output pixel t = (ty, tx) reads halo pixel (ty + dy, tx + dx) at tap
+  // s = 3 dy + dx. h2 overwrites a1, whose last reader was stage B (the other CTAs never read a1).
+  gemm(
+      tile_px, rank * mid_slice, mid_slice, 9, [&](int) { return p.Cmid * elem; },
+      [&](int s, int t) {
+        const int h = (t / S + s / 3) * halo_w + t % S + s % 3;
+        return static_cast<const unsigned char*>(h1) + static_cast<size_t>(h) * mid_stride;
+      },
+      [&](int s, int j) { return p.w2 + (static_cast<int64_t>(s) * p.Cmid + j) * p.Cmid; },
+      [&](int t, int j, Acc acc) { *elem_at(h2, mid_stride, t, j) = from_acc<T, Acc>(relu(acc + to_acc<Acc>(p.b2[j]))); });
+  if (p.R > 1) {
+    cluster_barrier();
+    gather_slices(h2, tile_px, mid_stride, mid_slice * elem, p.R, rank);
   }
+  __syncthreads();
+
+  // Stage D: out = h2 . w3^T (segment 0) + xin . ws^T (segment 1, projection) + biases + identity + upsample.
+  const int Hl = (p.H + 1) / 2, Wl = (p.W + 1) / 2;
+  gemm(
+      tile_px, rank * out_slice, out_slice, p.ws != nullptr ? 2 : 1,
+      [&](int s) { return (s == 0 ? p.Cmid : p.Cin) * elem; },
+      [&](int s, int t) {
+        return s == 0 ? static_cast<const unsigned char*>(h2) + static_cast<size_t>(t) * mid_stride
+                      : static_cast<const unsigned char*>(xs) + static_cast<size_t>(t) * a1_stride;
+      },
+      [&](int s, int co) {
+        return s == 0 ? p.w3 + static_cast<int64_t>(co) * p.Cmid : p.ws + static_cast<int64_t>(co) * p.Cin;
+      },
+      [&](int t, int co, Acc acc) {
+        const int gy = y0 + t / S, gx = x0 + t % S;
+        if (!inside(gy, gx)) return;
+        acc += to_acc<Acc>(p.b3[co]);
+        acc += p.ws != nullptr ? to_acc<Acc>(p.bs[co]) : load_xin<T, Acc>(p, n, gy, gx, co);
+        if (p.upsample != nullptr) acc += to_acc<Acc>(p.upsample[((n * Hl + gy / 2) * Wl + gx / 2) * p.Cout + co]);
+        p.out[((n * p.H + gy) * p.W + gx) * p.Cout + co] = from_acc<T, Acc>(acc);
+      });
+  if (p.R > 1) cluster_barrier();  // the other CTAs may still read this CTA's h2 slice
 }
 
-bool is_16bit(shg_dtype dtype) { return dtype == SHG_FLOAT16 || dtype == SHG_BFLOAT16; }
+// ---- host side -------------------------------------------------------------------------------------
 
-bool aligned32(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 32 == 0; }
+int element_size(shg_dtype dtype) { return dtype == SHG_FLOAT64 ? 8 : (dtype == SHG_FLOAT32 ? 4 : 2); }
 
-// Tensor cores need 16-bit data, channel counts that are multiples of 16 and 32-byte aligned weights.
-bool use_tensor_cores(const shg_residual_block_args& a, shg_dtype dtype) {
-  return is_16bit(dtype) && a.Cin % kWmma == 0 && a.Cmid % kWmma == 0 && a.Cout % kWmma == 0 && aligned32(a.w1) &&
-         aligned32(a.w2) && aligned32(a.w3) && (a.ws == nullptr || aligned32(a.ws));
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// The tensor-core path: fp16/bf16, or fp32 with TF32 allowed; every channel count a multiple of
+// 16 (K rows of whole 32-byte k-steps, n8 slices); x and the weights 16-byte aligned (cp.async).
+bool use_mma(const shg_residual_block_args& a, shg_dtype dtype) {
+  const bool type_ok = dtype == SHG_FLOAT16 || dtype == SHG_BFLOAT16 || (dtype == SHG_FLOAT32 && a.allow_tf32);
+  return type_ok && a.Cin % 16 == 0 && a.Cmid % 16 == 0 && a.Cout % 16 == 0 && aligned16(a.x) && aligned16(a.w1) &&
+         aligned16(a.w2) && aligned16(a.w3) && (a.ws == nullptr || aligned16(a.ws));
 }
 
-size_t element_size(shg_dtype dtype) {
-  return dtype == SHG_FLOAT64 ? 8 : (dtype == SHG_FLOAT32 ? 4 : 2);
+size_t smem_bytes(const shg_residual_block_args& a, shg_dtype dtype, int S) {
+  return smem_layout(S, a.Cin, a.Cmid, element_size(dtype), use_mma(a, dtype), a.ws != nullptr).total;
 }
 
-template <typename T, typename index_t, bool kTensorCores>
-cudaError_t launch(const Params<T>& p, dim3 grid, size_t smem, cudaStream_t stream) {
-  auto kernel = residual_block_kernel<T, index_t, kTensorCores>;
+// The tiling of one launch: tile size S, cluster size R.
+struct Tiling {
+  int S, R;
+  int64_t tiles_w, tiles_per_image;
+};
+
+// Largest tile S <= max(H, W) (or the smallest, S = 2) whose shared memory fits and whose tiles
+// times R reach 90% of the SMs, where R in {1, 2, 4, 8} is the smallest that reaches 90% of the
+// resident CTA slots (SMs x 2 when two CTAs fit one SM's shared memory), or 8. R keeps Cmid / R
+// and Cout / R multiples of 8 (tensor-core path on sm_90+ only; the exact path keeps R = 1). A
+// larger R shortens each CTA's weight stream (1/R of every weight), which bounds small maps at
+// batch 1, so R grows before S shrinks.
+Tiling choose_tiling(const shg_residual_block_args& a, shg_dtype dtype, int sms, int smem_limit, bool clusters) {
+  const bool mma = use_mma(a, dtype);
+  Tiling best{0, 1, 0, 0};
+  for (int S : kTiles) {
+    const bool last = S == kTiles[sizeof(kTiles) / sizeof(kTiles[0]) - 1];
+    const size_t smem = smem_bytes(a, dtype, S);
+    if (smem > static_cast<size_t>(smem_limit)) continue;
+    if (!last && S > (a.H > a.W ? a.H : a.W)) continue;  // a smaller tile covers the map
+    const int64_t slots = static_cast<int64_t>(sms) * (2 * (smem + 1024) <= static_cast<size_t>(smem_limit) + 1024 ? 2 : 1);
+    const int64_t tiles_w = (a.W + S - 1) / S, tiles = a.N * ((a.H + S - 1) / S) * tiles_w;
+    int R = 1;
+    while (mma && clusters && R < kMaxCluster && tiles * R * 10 < slots * 9 && a.Cmid % (16 * R) == 0 &&
+           a.Cout % (16 * R) == 0) {
+      R *= 2;
+    }
+    best = Tiling{S, R, tiles_w, (a.H + S - 1) / S * tiles_w};
+    if (tiles * R * 10 >= static_cast<int64_t>(sms) * 9) break;
+  }
+  return best;
+}
+
+template <typename T, bool kMma>
+cudaError_t launch(const Params<T>& p, unsigned blocks, size_t smem, cudaStream_t stream) {
+  auto kernel = residual_block_kernel<T, kMma>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  kernel<<<grid, kThreads, smem, stream>>>(p);
-  return cudaGetLastError();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = static_cast<unsigned>(p.R);
+  cluster[0].val.clusterDim.y = 1;
+  cluster[0].val.clusterDim.z = 1;
+  if (p.R > 1) {
+    config.attrs = cluster;
+    config.numAttrs = 1;
+  }
+  err = cudaLaunchKernelEx(&config, kernel, p);
+  return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t launch_typed(const shg_residual_block_args& a, shg_dtype dtype, cudaStream_t stream) {
-  const int64_t tiles_w = (a.W + kTileW - 1) / kTileW;
-  const int64_t tiles_per_image = (a.H + kTileH - 1) / kTileH * tiles_w;
-  const int64_t blocks_x = a.N * tiles_per_image;  // grid.x: one block per tile of every image
-  if (blocks_x > kInt32Max) return cudaErrorInvalidValue;
-
-  // Split the output channels (in multiples of 16) until the grid covers the GPU's SMs, at most kMaxChunks ways.
-  int device = 0, sms = 1;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return err;
-  const int64_t chunk_units = (a.Cout + kWmma - 1) / kWmma;
-  int64_t chunks = (sms + blocks_x - 1) / blocks_x;
-  chunks = chunks < 1 ? 1 : (chunks > kMaxChunks ? kMaxChunks : chunks);
-  chunks = chunks > chunk_units ? chunk_units : chunks;
-  const int chunk = static_cast<int>((chunk_units + chunks - 1) / chunks) * kWmma;
-  const unsigned grid_y = static_cast<unsigned>((a.Cout + chunk - 1) / chunk);
-
+cudaError_t launch_typed(const shg_residual_block_args& a, shg_dtype dtype, const Tiling& tiling, size_t smem,
+                         cudaStream_t stream) {
   Params<T> p{static_cast<const T*>(a.x),  static_cast<const T*>(a.in_scale), static_cast<const T*>(a.in_shift),
               static_cast<const T*>(a.w1), static_cast<const T*>(a.b1),       static_cast<const T*>(a.w2),
               static_cast<const T*>(a.b2), static_cast<const T*>(a.w3),       static_cast<const T*>(a.b3),
               static_cast<const T*>(a.ws), static_cast<const T*>(a.bs),       static_cast<const T*>(a.upsample),
-              static_cast<T*>(a.out),      static_cast<int>(a.H),             static_cast<int>(a.W),
-              static_cast<int>(a.Cin),     static_cast<int>(a.Cmid),          static_cast<int>(a.Cout),
-              static_cast<int>(tiles_w),   static_cast<int>(tiles_per_image), chunk};
-  const dim3 grid(static_cast<unsigned>(blocks_x), grid_y);
-  const size_t smem = shg_residual_block_smem_bytes(&a, dtype);
-  const int64_t x_elems = a.N * a.H * a.W * (a.Cin > a.Cout ? a.Cin : a.Cout);
-  const bool small = x_elems <= kInt32Max;
-  if constexpr (sizeof(T) == 2) {
-    if (use_tensor_cores(a, dtype)) {
-      return small ? launch<T, int32_t, true>(p, grid, smem, stream)
-                   : launch<T, int64_t, true>(p, grid, smem, stream);
-    }
+              static_cast<T*>(a.out)};
+  p.H = static_cast<int>(a.H);
+  p.W = static_cast<int>(a.W);
+  p.in_H = static_cast<int>(a.in_H);
+  p.in_W = static_cast<int>(a.in_W);
+  p.pool = a.pool_input ? 1 : 0;
+  p.Cin = static_cast<int>(a.Cin);
+  p.Cmid = static_cast<int>(a.Cmid);
+  p.Cout = static_cast<int>(a.Cout);
+  p.S = tiling.S;
+  p.R = tiling.R;
+  p.tiles_w = static_cast<int>(tiling.tiles_w);
+  p.tiles_per_image = static_cast<int>(tiling.tiles_per_image);
+  const unsigned blocks = static_cast<unsigned>(a.N * tiling.tiles_per_image * tiling.R);
+  if constexpr (std::is_same_v<T, double>) {
+    return launch<T, false>(p, blocks, smem, stream);
+  } else {
+    return use_mma(a, dtype) ? launch<T, true>(p, blocks, smem, stream) : launch<T, false>(p, blocks, smem, stream);
   }
-  return small ? launch<T, int32_t, false>(p, grid, smem, stream)
-               : launch<T, int64_t, false>(p, grid, smem, stream);
 }
 
 }  // namespace
 }  // namespace shg_fast::cuda
 
+// The smallest tile's shared memory: the least the kernel needs to run (the launcher takes a
+// larger tile when it fits the device and the map).
 extern "C" size_t shg_residual_block_smem_bytes(const shg_residual_block_args* args, shg_dtype dtype) {
   using namespace shg_fast::cuda;
-  return smem_layout(args->Cin, args->Cmid, element_size(dtype), use_tensor_cores(*args, dtype), args->ws != nullptr)
-      .total;
+  return smem_bytes(*args, dtype, kTiles[sizeof(kTiles) / sizeof(kTiles[0]) - 1]);
+}
+
+extern "C" void shg_residual_block_tiling(const shg_residual_block_args* args, shg_dtype dtype, int sms,
+                                          int smem_limit, int clusters, int* tile, int* cluster) {
+  const shg_fast::cuda::Tiling tiling = shg_fast::cuda::choose_tiling(*args, dtype, sms, smem_limit, clusters != 0);
+  *tile = tiling.S;
+  *cluster = tiling.R;
 }
 
 extern "C" cudaError_t shg_residual_block(const shg_residual_block_args* args, shg_dtype dtype,
                                           cudaStream_t stream) {
   using namespace shg_fast::cuda;
-  const shg_residual_block_args& a = *args;
+  shg_residual_block_args a = *args;
+  if (a.in_H == 0 && a.in_W == 0 && !a.pool_input) {  // a caller that predates in_H, in_W
+    a.in_H = a.H;
+    a.in_W = a.W;
+  }
+  const int64_t pooled_H = a.pool_input ? a.in_H / 2 : a.in_H, pooled_W = a.pool_input ? a.in_W / 2 : a.in_W;
   const bool sizes_ok = a.N >= 0 && a.H >= 0 && a.W >= 0 && a.Cin > 0 && a.Cmid > 0 && a.Cout > 0 &&
-                        a.H <= kInt32Max && a.W <= kInt32Max && a.Cin <= kInt32Max && a.Cout <= kInt32Max;
+                        pooled_H == a.H && pooled_W == a.W && a.in_H <= kInt32Max && a.in_W <= kInt32Max &&
+                        a.Cin <= kInt32Max && a.Cmid <= kInt32Max && a.Cout <= kInt32Max;
   if (!sizes_ok || (a.ws == nullptr) != (a.bs == nullptr) || (a.ws == nullptr && a.Cin != a.Cout)) {
     return cudaErrorInvalidValue;
   }
   if (a.N * a.H * a.W == 0) return cudaSuccess;
-  int device = 0, smem_limit = 0;
+  int device = 0, smem_limit = 0, sms = 0, major = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return err;
-  if (shg_residual_block_smem_bytes(args, dtype) > static_cast<size_t>(smem_limit)) return cudaErrorInvalidValue;
-  return dispatch_dtype(dtype, [&](auto tag) { return launch_typed<decltype(tag)>(a, dtype, stream); });
+  const Tiling tiling = choose_tiling(a, dtype, sms, smem_limit, major >= 9);
+  if (tiling.S == 0 || a.N * tiling.tiles_per_image * tiling.R > kInt32Max) return cudaErrorInvalidValue;
+  const size_t smem = smem_bytes(a, dtype, tiling.S);
+  return dispatch_dtype(dtype, [&](auto tag) { return launch_typed<decltype(tag)>(a, dtype, tiling, smem, stream); });
 }

@@ -19,31 +19,89 @@ from ..fusion import FoldedResidual
 from .conv_bn_relu import SUPPORTED_DTYPES
 from .residual_block import RESIDUAL_BLOCK, block_size
 
-__all__ = ["residual_block_extension", "cuda_smem_bytes", "prepack_for_cuda"]
+__all__ = ["residual_block_extension", "cuda_smem_bytes", "prepack_for_cuda", "uses_tensor_cores", "cuda_tiling",
+           "block_smem_bytes", "block_tiling", "TILE_SIZES"]
 
-# Mirrors of the tile constants in csrc/cuda/residual_block.cu (used to predict shared memory).
-_HALO_ROWS = 112  # (4 + 2) * (16 + 2) halo pixels, padded to a multiple of 16
-_TILE_PIXELS = 64  # 4 x 16 output pixels per block
-_STAGE_BYTES = 8 * 16 * 16 * 4  # per-warp fp32 accumulator staging of the tensor-core path
+# Mirrors of the constants of csrc/cuda/residual_block.cu (tests/ops/test_cuda_ops.py checks them against
+# shg_residual_block_smem_bytes): output tiles S x S, activation rows padded by 16 bytes, three weight
+# chunk buffers of 64 rows x (128 + 16) bytes on the tensor-core path.
+TILE_SIZES = (8, 4, 2)
+_ROW_PAD = 16
+_WEIGHT_BUFFERS = 3 * 64 * (128 + 16)
 
 
 def _align128(nbytes: int) -> int:
     return (nbytes + 127) // 128 * 128
 
 
-def cuda_smem_bytes(x: torch.Tensor, block: FoldedResidual) -> int:
-    """Shared memory (bytes) one thread block of the CUDA kernel needs, as ``shg_residual_block_smem_bytes``.
+def uses_tensor_cores(dtype: torch.dtype, block: FoldedResidual, allow_tf32: bool | None = None) -> bool:
+    """Whether the CUDA kernel takes its tensor-core path (ldmatrix + mma.sync) for this block.
 
-    Assumes the tensor-core path is taken whenever the dtype is 16-bit and every channel count
-    is a multiple of 16 (the C++ side also needs 32-byte aligned weights, which fresh tensors are).
+    fp16/bf16, or float32 with TF32 allowed (``torch.backends.cuda.matmul.allow_tf32`` unless
+    given); every channel count a multiple of 16 (the C++ side also needs x and the weights
+    16-byte aligned, which fresh tensors are).
     """
-    cin, mid, cout = block.in_channels, block.mid_channels, block.out_channels
-    elem = x.element_size()
-    tensor_cores = elem == 2 and cin % 16 == 0 and mid % 16 == 0 and cout % 16 == 0
-    total = _align128(max(_HALO_ROWS * cin, _TILE_PIXELS * mid) * elem) + _align128(_HALO_ROWS * mid * elem)
-    if tensor_cores:
-        total += (_align128(_TILE_PIXELS * cin * elem) if block.ws is not None else 0) + _STAGE_BYTES
-    return total
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32) if allow_tf32 is None else allow_tf32
+    type_ok = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and tf32)
+    return type_ok and all(c % 16 == 0 for c in (block.in_channels, block.mid_channels, block.out_channels))
+
+
+def block_smem_bytes(elem: int, mma: bool, cin: int, mid: int, projection: bool, tile: int) -> int:
+    """Shared memory of one CTA (``smem_layout`` in residual_block.cu): element size, path, channels, tile."""
+    halo, pixels = (tile + 2) ** 2, tile * tile
+    a1_h2 = max(halo * (cin * elem + _ROW_PAD), pixels * (mid * elem + _ROW_PAD))
+    total = _align128(a1_h2) + _align128(halo * (mid * elem + _ROW_PAD))
+    if projection:
+        total += _align128(pixels * (cin * elem + _ROW_PAD))
+    return total + (_WEIGHT_BUFFERS if mma else 0)
+
+
+def block_tiling(elem: int, mma: bool, cin: int, mid: int, cout: int, projection: bool, batch: int, height: int,
+                 width: int, sms: int, smem_limit: int, clusters: bool) -> tuple[int, int]:
+    """``(S, R)`` of ``choose_tiling`` in residual_block.cu; see :func:`cuda_tiling`."""
+    best = (0, 1)
+    for tile in TILE_SIZES:
+        smem = block_smem_bytes(elem, mma, cin, mid, projection, tile)
+        if smem > smem_limit:
+            continue
+        if tile != TILE_SIZES[-1] and tile > max(height, width):
+            continue
+        slots = sms * (2 if 2 * (smem + 1024) <= smem_limit + 1024 else 1)
+        tiles = batch * -(-height // tile) * -(-width // tile)
+        r = 1
+        while mma and clusters and r < 8 and tiles * r * 10 < slots * 9 and mid % (16 * r) == 0 and cout % (16 * r) == 0:
+            r *= 2
+        best = (tile, r)
+        if tiles * r * 10 >= sms * 9:
+            break
+    return best
+
+
+def cuda_smem_bytes(x: torch.Tensor, block: FoldedResidual, tile: int = TILE_SIZES[-1],
+                    allow_tf32: bool | None = None) -> int:
+    """Shared memory (bytes) of one CTA of the CUDA kernel with ``tile x tile`` output tiles.
+
+    The default, the smallest tile, is what ``shg_residual_block_smem_bytes`` reports: the least
+    the kernel needs to run (its launcher takes a larger tile when that fits the device).
+    """
+    return block_smem_bytes(x.element_size(), uses_tensor_cores(x.dtype, block, allow_tf32), block.in_channels,
+                            block.mid_channels, block.ws is not None, tile)
+
+
+def cuda_tiling(dtype: torch.dtype, block: FoldedResidual, batch: int, height: int, width: int, sms: int,
+                smem_limit: int, clusters: bool = True, allow_tf32: bool | None = None) -> tuple[int, int]:
+    """``(S, R)``: the tile size and cluster size the CUDA launcher picks (``shg_residual_block_tiling``).
+
+    The largest tile ``S`` of :data:`TILE_SIZES` not above ``max(height, width)`` (the smallest
+    always qualifies) whose shared memory fits ``smem_limit`` and whose tile count times ``R``
+    reaches 90% of ``sms``, where ``R`` in 1, 2, 4, 8 is the smallest reaching 90% of the CTA
+    slots (``sms`` x 2 when two CTAs fit one SM's shared memory, ``smem_limit`` + 1 KB on
+    Hopper), or 8; ``R`` keeps ``C_mid / R`` and ``C_out / R`` multiples of 8 and is 1 on the
+    exact path or without clusters. ``(0, 1)`` when no tile fits.
+    """
+    elem = torch.empty(0, dtype=dtype).element_size()
+    return block_tiling(elem, uses_tensor_cores(dtype, block, allow_tf32), block.in_channels, block.mid_channels,
+                        block.out_channels, block.ws is not None, batch, height, width, sms, smem_limit, clusters)
 
 
 def prepack_for_cuda(block: FoldedResidual) -> FoldedResidual:
@@ -77,9 +135,11 @@ def _smem_limit(index: int) -> int:
 def _check_cuda(x: torch.Tensor, block: FoldedResidual, upsample: torch.Tensor | None = None,
                 pool_input: bool = False) -> list[str]:
     reasons = _check_cpu(x, block, upsample)
-    if x.dtype == torch.float32:  # auto then takes triton: exact fp32 FMA tiles, or TF32 on tensor cores
-        reasons.append("residual_block cuda has no tensor-core path for float32 (its scalar loop would be "
-                       "10-100x slower than eager); float32 blocks run on the triton convs")
+    if x.dtype == torch.float32 and not uses_tensor_cores(x.dtype, block):  # auto then takes triton
+        reasons.append("residual_block cuda runs float32 on tensor cores only as TF32 "
+                       "(torch.backends.cuda.matmul.allow_tf32) with channel counts that are multiples of 16; "
+                       "its exact float32 loop would be 10-100x slower than eager, so those blocks run on the "
+                       "triton convs")
     if not reasons:
         need = cuda_smem_bytes(x, block)
         limit = _smem_limit(x.device.index if x.device.index is not None else torch.cuda.current_device())

@@ -14,10 +14,11 @@ from shg_fast.ops import (
     upsample_add,
     upsample_add_reference,
 )
-from shg_fast.ops.cuda_backend import prepack_for_cuda
+from shg_fast.ops.cuda_backend import cuda_tiling, prepack_for_cuda
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK
 from shg_fast.testing import assert_close_to_reference
 
+from .cuda_launcher import library, run_residual_block
 from .test_residual_block_cpu import make_block, make_inputs
 
 pytestmark = [
@@ -27,7 +28,7 @@ pytestmark = [
 ]
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-BLOCK_DTYPES = [torch.float64, torch.float16, torch.bfloat16]  # the cuda backend refuses float32 blocks
+BLOCK_DTYPES = [torch.float64, torch.float16, torch.bfloat16]  # float32 blocks: only as TF32 (tests below)
 MODE = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -70,7 +71,7 @@ def test_decode_heatmaps_nan_and_layouts():
     assert coords[0, 1].tolist() == [3.0, 0.0]
 
 
-def _check_block(cin, cout, n, h, w, dtype, with_upsample, channels_last):
+def _check_block(cin, cout, n, h, w, dtype, with_upsample, channels_last, mode=None):
     block64 = make_block(cin, cout)
     x64, up64 = make_inputs(cin, cout, h, w, n=n, with_upsample=with_upsample)
     block64, x64 = block64.to("cuda"), x64.cuda()
@@ -84,12 +85,12 @@ def _check_block(cin, cout, n, h, w, dtype, with_upsample, channels_last):
     expect_cl = channels_last and not x.is_contiguous()
     assert out.is_contiguous(memory_format=torch.channels_last if expect_cl else torch.contiguous_format)
     same_dtype = residual_block_reference(x, block, up) if dtype in (torch.float16, torch.bfloat16) else None
-    assert_close_to_reference(out, truth, MODE[dtype], same_dtype)
+    assert_close_to_reference(out, truth, mode or MODE[dtype], same_dtype)
 
 
 @pytest.mark.parametrize("dtype", BLOCK_DTYPES, ids=str)
 @pytest.mark.parametrize("cin,cout,h,w", [(19, 38, 5, 7), (38, 38, 17, 33), (3, 130, 3, 5), (32, 64, 9, 20),
-                                          (64, 64, 1, 1)])
+                                          (64, 64, 1, 1), (48, 96, 7, 3), (64, 64, 17, 33), (16, 16, 2, 2)])
 @pytest.mark.parametrize("with_upsample", [False, True])
 def test_residual_block_odd_shapes(dtype, cin, cout, h, w, with_upsample, poison_empty):
     _check_block(cin, cout, 2, h, w, dtype, with_upsample, channels_last=True)
@@ -133,16 +134,109 @@ def test_residual_block_rejects_mixed_devices():
                                           block.b2, block.w3, block.b3, None, None, None)
 
 
-@pytest.mark.parametrize("tf32", [False, True])
-def test_auto_runs_float32_blocks_on_triton_not_the_scalar_loop(tf32):
+@pytest.fixture
+def tf32_matmul(request):
+    """Set torch.backends.cuda.matmul.allow_tf32 to the test's parameter, restored afterwards."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = request.param
+    yield request.param
+    torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.parametrize("tf32_matmul", [False, True], indirect=True)
+def test_auto_runs_exact_float32_blocks_on_triton_and_tf32_on_the_block_kernel(tf32_matmul):
     block = make_block(64, 64).to(device="cuda", dtype=torch.float32)
     x, _ = make_inputs(64, 64, 8, 8, dtype=torch.float32)
-    before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    try:
-        assert RESIDUAL_BLOCK.candidates(x.device, "auto", x.cuda(), block)[0] == "triton"
-        with pytest.raises(BackendUnavailableError, match="no tensor-core path for float32"):
+    first = RESIDUAL_BLOCK.candidates(x.device, "auto", x.cuda(), block)[0]
+    if tf32_matmul:
+        assert first == "cuda"
+    else:
+        assert first == "triton"
+        with pytest.raises(BackendUnavailableError, match="only as TF32"):
             residual_block(x.cuda(), block, backend="cuda")
+
+
+@pytest.fixture(scope="module")
+def launcher():
+    found = library()
+    assert found is not None, "the CUDA build does not export shg_residual_block (symbol visibility?)"
+    return found
+
+
+def _tiling_id(dtype, cin, cout, batch, h, w):
+    """The (S, R) the launcher picks on this GPU, for failure messages (which tile path broke)."""
+    props = torch.cuda.get_device_properties(0)
+    block = make_block(cin, cout, dtype)
+    return cuda_tiling(dtype, block, batch, h, w, props.multi_processor_count, props.shared_memory_per_block_optin,
+                       props.major >= 9, allow_tf32=dtype == torch.float32)
+
+
+def _check_raw(launcher, cin, cout, n, in_h, in_w, dtype, pool, with_upsample, nan=False):
+    """shg_residual_block called directly (pool_input, TF32) against the float64 reference on the pooled input."""
+    block64 = make_block(cin, cout).to("cuda")
+    x64, _ = make_inputs(cin, cout, in_h, in_w, n=n, with_upsample=False)
+    x64 = x64.cuda()
+    if nan:
+        x64[0, 0, min(1, in_h - 1), 0] = float("nan")
+    pooled = torch.nn.functional.max_pool2d(x64, 2) if pool else x64
+    h, w = pooled.shape[2:]
+    up64 = torch.randn(n, cout, (h + 1) // 2, (w + 1) // 2, dtype=torch.float64, device="cuda") \
+        if with_upsample else None
+    truth = residual_block_reference(pooled, block64, up64)
+    block, x = block64.to(dtype), x64.to(dtype)
+    up = None if up64 is None else up64.to(dtype)
+    out = run_residual_block(launcher, x, block, up, pool_input=pool, allow_tf32=dtype == torch.float32)
+    where = f"tiling (S, R) = {_tiling_id(dtype, cin, cout, n, h, w)}"
+    assert out.shape == truth.shape, where
+    assert torch.equal(out.isnan(), truth.isnan()), f"NaN pattern differs; {where}"
+    mode = "tf32" if dtype == torch.float32 else MODE[dtype]
+    same = residual_block_reference(torch.nn.functional.max_pool2d(x, 2) if pool else x, block, up) \
+        if dtype in (torch.float16, torch.bfloat16) else None
+    keep = ~truth.isnan()
+    try:
+        assert_close_to_reference(out[keep], truth[keep], mode, None if same is None else same[keep])
+    except AssertionError as err:
+        raise AssertionError(f"{err}; {where}") from None
+
+
+RAW_DTYPES = [torch.bfloat16, torch.float16, torch.float32, torch.float64]  # float32: TF32 tensor cores
+
+
+@pytest.mark.parametrize("dtype", RAW_DTYPES, ids=str)
+@pytest.mark.parametrize("cin,cout,in_h,in_w", [(64, 64, 9, 13), (32, 64, 17, 6), (48, 96, 4, 4), (19, 38, 7, 11),
+                                                (128, 256, 16, 16), (256, 256, 8, 9)])
+@pytest.mark.parametrize("with_upsample", [False, True])
+def test_residual_block_pool_input(launcher, dtype, cin, cout, in_h, in_w, with_upsample, poison_empty):
+    _check_raw(launcher, cin, cout, 2, in_h, in_w, dtype, pool=True, with_upsample=with_upsample)
+
+
+@pytest.mark.parametrize("dtype", RAW_DTYPES, ids=str)
+@pytest.mark.parametrize("pool", [False, True])
+def test_residual_block_nan_propagates(launcher, dtype, pool, poison_empty):
+    _check_raw(launcher, 64, 64, 1, 10, 10, dtype, pool=pool, with_upsample=True, nan=True)
+
+
+# Batch 1 maps of 64 .. 4 pick tiles S = 8, 4, 2 with clusters R = 2 .. 8 on an H200; batch 8 and 32
+# take R = 1 (and S = 4 on 4x4 maps); odd sizes leave partial tiles.
+@pytest.mark.parametrize("size", [64, 32, 16, 8, 4, 13, 5])
+@pytest.mark.parametrize("batch", [1, 8, 32])
+@pytest.mark.parametrize("cin,cout", [(256, 256), (128, 256), (64, 128)])
+def test_residual_block_tf32_network_sizes(launcher, size, batch, cin, cout, poison_empty):
+    _check_raw(launcher, cin, cout, batch, size, size, torch.float32, pool=False, with_upsample=True)
+
+
+@pytest.mark.parametrize("size", [64, 32, 16, 8, 4])
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_residual_block_pool_input_network_sizes(launcher, size, batch, dtype, poison_empty):
+    _check_raw(launcher, 256, 256, batch, 2 * size, 2 * size, dtype, pool=True, with_upsample=False)
+
+
+def test_residual_block_op_tf32_matches_tf32_tolerance(poison_empty):
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        _check_block(128, 256, 2, 16, 16, torch.float32, with_upsample=True, channels_last=True, mode="tf32")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
 

@@ -5,7 +5,7 @@ import torch
 
 from shg_fast.fusion import FoldedResidual
 from shg_fast.ops import residual_block, residual_block_reference
-from shg_fast.ops.cuda_backend import cuda_smem_bytes, prepack_for_cuda, residual_block_extension
+from shg_fast.ops.cuda_backend import cuda_smem_bytes, cuda_tiling, prepack_for_cuda, residual_block_extension
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK
 from shg_fast.reference import Residual
 from shg_fast.testing import assert_close_to_reference
@@ -115,9 +115,30 @@ def test_network_blocks_fit_the_cuda_kernels_shared_memory(cin, cout, dtype):
 
 
 def test_shared_memory_of_the_tensor_core_path():
-    # bf16, 256 -> 256 (identity): a1 112 x 256, h1 112 x 128 (2 bytes each), 8 warps x 16 x 16 fp32 staging.
+    # bf16, 256 -> 256 (identity), smallest tile S = 2: a1 (2+2)^2 rows x (256 * 2 + 16) bytes, h1 16 rows x
+    # (128 * 2 + 16), three weight buffers of 64 rows x (128 + 16) bytes.
     block = make_block(256, 256, torch.bfloat16)
-    assert cuda_smem_bytes(torch.empty(0, dtype=torch.bfloat16), block) == 112 * 256 * 2 + 112 * 128 * 2 + 8192
+    probe = torch.empty(0, dtype=torch.bfloat16)
+    assert cuda_smem_bytes(probe, block) == 16 * 528 + 16 * 272 + 3 * 64 * 144
+    # S = 8: a1 100 rows, h1 100 rows (each rounded up to 128 bytes); fits two CTAs per SM on an H200.
+    assert cuda_smem_bytes(probe, block, 8) == 52864 + 27264 + 3 * 64 * 144 <= (233472 - 2 * 1024) // 2
+    # float32 without TF32: the exact path, no weight buffers; with TF32 four-byte rows and the buffers.
+    block32 = make_block(256, 256, torch.float32)
+    probe32 = torch.empty(0, dtype=torch.float32)
+    exact = cuda_smem_bytes(probe32, block32, allow_tf32=False)
+    assert exact == 16 * 1040 + 16 * 528
+    assert cuda_smem_bytes(probe32, block32, allow_tf32=True) == exact + 3 * 64 * 144
+
+
+def test_tiling_fills_an_h200_at_batch_1():
+    """Predicted tiling (the launcher's rule, mirrored): maps 64..16 reach >= 90% of 132 SMs at batch 1."""
+    block = make_block(256, 256, torch.bfloat16)
+    got = {size: cuda_tiling(torch.bfloat16, block, 1, size, size, 132, H200_SMEM_OPTIN) for size in (64, 32, 16, 8, 4)}
+    assert got == {64: (8, 4), 32: (8, 8), 16: (4, 8), 8: (2, 8), 4: (2, 8)}
+    assert cuda_tiling(torch.bfloat16, block, 64, 64, 64, 132, H200_SMEM_OPTIN) == (8, 1)
+    assert cuda_tiling(torch.bfloat16, block, 64, 4, 4, 132, H200_SMEM_OPTIN) == (4, 4)
+    assert cuda_tiling(torch.bfloat16, block, 1, 16, 16, 132, H200_SMEM_OPTIN, clusters=False) == (2, 1)
+    assert cuda_tiling(torch.float64, make_block(256, 256), 1, 64, 64, 132, H200_SMEM_OPTIN) == (4, 1)
 
 
 def test_prepacked_block_has_tap_major_w2_and_same_results():

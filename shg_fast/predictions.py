@@ -1,0 +1,175 @@
+"""Roofline and kernel-model PREDICTIONS of GPU times on an H200 (no GPU has run these kernels).
+
+Used by ``scripts/compiled_code_report.py`` (benchmarks/results/compiled-code.json), by the
+default rule of :mod:`shg_fast.tactics` for residual blocks, and next to the measurements of
+``scripts/gpu_check.py``. Every figure here is computed from FLOPs, bytes and the rates and
+assumptions below; none is a measurement.
+
+Modes: ``fp32`` (exact fp32 FMA), ``tf32``, ``bf16``, ``fp16``.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["MATRIX_TFLOPS", "COPY_TBPS", "LAUNCH_FLOOR_US", "ELEMENT_SIZE", "ASSUMPTIONS", "RATES",
+           "conv_prediction", "block_prediction", "triton_block_prediction"]
+
+H200_SMS = 132
+H200_SMEM_OPTIN = 232448  # bytes of shared memory one block may opt in to
+H200_SMEM_PER_SM = 233472
+H200_REGISTERS_PER_SM = 65536
+ELEMENT_SIZE = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
+# Rates of the H200 (TFLOP/s, TB/s). bf16: the dense matrix rate measured on random data (device
+# notes, KINDS.md); TF32 is half of it and plain fp32 FMA 67/990 of it, the datasheet's ratios.
+MATRIX_TFLOPS = {"bf16": 790.0, "fp16": 790.0, "tf32": 395.0, "fp32": 67.0 * 790.0 / 990.0}
+COPY_TBPS = 4.3
+LAUNCH_FLOOR_US = 2.0  # assumed per-kernel floor in a CUDA-graph replay (ramp up and drain)
+#: Assumptions of the CUDA block kernel's model (not measured; a GPU run should replace them).
+ASSUMPTIONS = dict(
+    mma_sync_fraction=0.6,      # mma.sync (HMMA) reaches this fraction of the wgmma matrix rate
+    l2_latency_us=0.5,          # one cp.async chunk round trip from L2 (~1000 cycles at 1.98 GHz)
+    sm_l2_bytes_per_us=126720,  # one SM's L2 read bandwidth: 64 B/clock at 1.98 GHz
+    cluster_barrier_us=0.2,     # one cluster barrier plus its DSMEM gather's latency
+    registers=124,              # the tensor-core kernel's registers per thread (ptxas, sm_90a)
+)
+RATES = dict(matrix_tflops=MATRIX_TFLOPS, copy_tbps=COPY_TBPS, launch_floor_us=LAUNCH_FLOOR_US,
+             cuda_block_model=ASSUMPTIONS,
+             note="bf16 rate and copy bandwidth measured on one H200 (device notes); TF32 and fp32 derived "
+                  "from the datasheet ratios; the launch floor and the CUDA block model's figures are assumptions")
+_CHUNK_BYTES, _N_PASS, _STAGES, _THREADS = 128, 64, 3, 256
+
+
+def _roofline_us(flops: float, bytes_: float, mode: str) -> float:
+    return max(flops / (MATRIX_TFLOPS[mode] * 1e12), bytes_ / (COPY_TBPS * 1e12)) * 1e6
+
+
+def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
+    """FLOPs, DRAM bytes, roofline and the Triton conv's predicted time for one launch.
+
+    ``conv``: ``k``, ``stride``, ``c1``, ``c2`` (second GEMM input, 0 if none), ``c_out``, output
+    ``size``, flags ``residual`` and ``upsample``. The kernel's time is its padded tiles
+    (``conv_config``) in waves over 132 SMs, each CTA the slower of its MMA work at the matrix
+    rate and its K loop's load latency (``num_stages - 1`` steps in flight, ``l2_latency_us``
+    each), at least the DRAM time.
+    """
+    from .kernels.conv_bn_relu import conv_config
+    from .tactics import split_k_default
+
+    elem = ELEMENT_SIZE[mode]
+    k, size, c1, c2, c_out = conv["k"], conv["size"], conv["c1"], conv["c2"], conv["c_out"]
+    m = batch * size * size
+    in_size = size * conv["stride"]
+    flops = 2.0 * m * c_out * k * k * (c1 + c2)
+    bytes_ = elem * (batch * in_size * in_size * (c1 + c2) + c_out * (c1 + c2) * k * k + m * c_out
+                     * (1 + conv["residual"]) + (batch * ((size + 1) // 2) ** 2 * c_out if conv["upsample"] else 0))
+    rate = MATRIX_TFLOPS[mode] * 1e12
+    roofline_us = _roofline_us(flops, bytes_, mode)
+    cfg = conv_config(m, c1, c2, c_out, k, k, elem, mode == "tf32")
+    bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
+    steps = (math.ceil(k * k * c1 / bk) if cfg["PACK_TAPS"] else
+             k * k * (math.ceil(c1 / bk) + (math.ceil(c2 / bk) if c2 else 0)))
+    split = cfg["SPLIT_K"] = split_k_default(steps, cfg["SPLIT_K"])  # as the engine launches it
+    ctas = math.ceil(m / bm) * math.ceil(c_out / bn) * split
+    cta_steps = math.ceil(steps / split)
+    mma_us = 2.0 * bm * bn * bk * cta_steps / (rate / H200_SMS) * 1e6
+    # The K loop's loads: num_stages - 1 steps in flight, each an L2 round trip (as the CUDA block model).
+    latency_us = cta_steps * ASSUMPTIONS["l2_latency_us"] / max(1, cfg["num_stages"] - 1)
+    cta_us = max(mma_us, latency_us)
+    partial_bytes = 2 * 4 * split * m * c_out if split > 1 else 0
+    kernel_us = max(math.ceil(ctas / H200_SMS) * cta_us, (bytes_ + partial_bytes) / (COPY_TBPS * 1e12) * 1e6)
+    launches = 2 if split > 1 else 1
+    predicted_us = max(kernel_us, LAUNCH_FLOOR_US * launches)
+    return dict(flops=flops, bytes=bytes_, roofline_us=roofline_us, kernel_us=kernel_us,
+                kernel_over_roofline=kernel_us / roofline_us, predicted_us=predicted_us,
+                predicted_over_roofline=predicted_us / roofline_us, launches=launches,
+                config={**cfg, "ctas": ctas})
+
+
+def triton_block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsample: bool) -> dict:
+    """A residual block as the three Triton convs (projection skip as the last conv's second input)."""
+    mid = cout // 2
+    base = dict(stride=1, size=size, residual=False, upsample=False)
+    convs = [dict(base, k=1, c1=cin, c2=0, c_out=mid), dict(base, k=3, c1=mid, c2=0, c_out=mid),
+             dict(base, k=1, c1=mid, c2=cin if cin != cout else 0, c_out=cout, residual=cin == cout,
+                  upsample=upsample)]
+    parts = [conv_prediction(c, batch, mode) for c in convs]
+    return dict(kernel_us=sum(p["kernel_us"] for p in parts), predicted_us=sum(p["predicted_us"] for p in parts),
+                launches=sum(p["launches"] for p in parts))
+
+
+def _block_flops_bytes(cin, cout, size, batch, mode, upsample):
+    mid, elem = cout // 2, ELEMENT_SIZE[mode]
+    m = batch * size * size
+    proj = cin != cout
+    flops = 2.0 * m * (cin * mid + 9 * mid * mid + mid * cout + (cin * cout if proj else 0))
+    weights = cin * mid + 9 * mid * mid + cout * mid + (cin * cout if proj else 0)
+    bytes_ = elem * (m * cin + m * cout + weights + (batch * ((size + 1) // 2) ** 2 * cout if upsample else 0))
+    return flops, bytes_
+
+
+def block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsample: bool) -> dict:
+    """Roofline of one residual block and the whole-block CUDA kernel's predicted time (PREDICTIONS).
+
+    Tiling as the launcher picks it on an H200 (:func:`shg_fast.ops.cuda_backend.block_tiling`):
+    ``ctas`` = tiles x R in waves of 132 x CTAs-per-SM (registers and shared memory). Per CTA, the
+    slowest of: its MMA work (warp tiles padded to 16 rows x 32 columns) at
+    ``mma_sync_fraction`` of the matrix rate shared by the CTAs of one SM; its weight chunks
+    (``kStages - 1`` in flight, each an ``l2_latency_us`` round trip) and its bytes at one SM's
+    L2 bandwidth; plus the halo load and, with clusters, three barriers. Exact fp32 (TF32 off)
+    takes the scalar path, modelled at a quarter of the fp32 FMA rate (operands from shared
+    memory and L1, one load per FMA).
+    """
+    from .ops.cuda_backend import block_smem_bytes, block_tiling
+
+    elem, mid, proj = ELEMENT_SIZE[mode], cout // 2, cin != cout
+    mma = mode != "fp32"
+    flops, bytes_ = _block_flops_bytes(cin, cout, size, batch, mode, upsample)
+    roofline_us = _roofline_us(flops, bytes_, mode)
+    S, R = block_tiling(elem, mma, cin, mid, cout, proj, batch, size, size, H200_SMS, H200_SMEM_OPTIN, True)
+    halo, pixels = (S + 2) ** 2, S * S
+    ctas = batch * math.ceil(size / S) ** 2 * R
+    smem = block_smem_bytes(elem, mma, cin, mid, proj, S)
+    per_sm = min(H200_REGISTERS_PER_SM // (ASSUMPTIONS["registers"] * _THREADS), H200_SMEM_PER_SM // (smem + 1024))
+    resident = max(1, min(per_sm, math.ceil(ctas / H200_SMS)))
+    waves = math.ceil(ctas / (H200_SMS * per_sm))
+
+    def pad(x, to):
+        return math.ceil(x / to) * to
+
+    n_mid, n_out = mid // R, cout // R
+    macs = (pad(halo, 16) * pad(n_mid, 32) * cin + pad(pixels, 16) * pad(n_mid, 32) * 9 * mid
+            + pad(pixels, 16) * pad(n_out, 32) * (mid + (cin if proj else 0)))
+    if mma:
+        sm_rate = MATRIX_TFLOPS[mode] * 1e12 * ASSUMPTIONS["mma_sync_fraction"] / H200_SMS
+    else:
+        sm_rate = MATRIX_TFLOPS["fp32"] * 1e12 / 4 / H200_SMS
+    mma_us = 2.0 * macs / sm_rate * 1e6 * resident
+
+    def chunks(rows, k_elems):  # weight chunks of one GEMM: passes of <= 64 rows, chunks of up to 8 KB
+        total = 0
+        for p0 in range(0, rows, _N_PASS):
+            np_ = min(_N_PASS, rows - p0)
+            chunk = _CHUNK_BYTES * 8
+            while chunk > _CHUNK_BYTES and np_ * (chunk + 16) > _N_PASS * (_CHUNK_BYTES + 16):
+                chunk //= 2
+            total += math.ceil(k_elems * elem / chunk)
+        return total
+
+    n_chunks = chunks(n_mid, cin) + chunks(n_mid, 9 * mid) + chunks(n_out, mid + (cin if proj else 0))
+    weight_bytes = elem * (n_mid * cin + 9 * n_mid * mid + n_out * (mid + (cin if proj else 0)))
+    sm_bw = ASSUMPTIONS["sm_l2_bytes_per_us"] / resident
+    weights_us = weight_bytes / sm_bw
+    if mma:  # cp.async chunks, kStages - 1 in flight
+        weights_us = max(weights_us, n_chunks * ASSUMPTIONS["l2_latency_us"] / (_STAGES - 1))
+    halo_us = ASSUMPTIONS["l2_latency_us"] + elem * halo * cin / sm_bw
+    sync_us = 3 * ASSUMPTIONS["cluster_barrier_us"] if R > 1 else 0.0
+    cta_us = max(mma_us, weights_us) + halo_us + sync_us
+    kernel_us = max(waves * cta_us, bytes_ / (COPY_TBPS * 1e12) * 1e6)
+    predicted_us = max(kernel_us, LAUNCH_FLOOR_US)
+    return dict(flops=flops, bytes=bytes_, roofline_us=roofline_us, kernel_us=kernel_us,
+                kernel_over_roofline=kernel_us / roofline_us, predicted_us=predicted_us,
+                predicted_over_roofline=predicted_us / roofline_us, launches=1,
+                config=dict(tile=S, cluster=R, ctas=ctas, ctas_per_sm=per_sm, waves=waves, smem_bytes=smem,
+                            mma_us=round(mma_us, 3), weights_us=round(weights_us, 3), halo_us=round(halo_us, 3),
+                            sync_us=sync_us))
