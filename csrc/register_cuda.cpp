@@ -137,6 +137,8 @@ at::Tensor residual_block_cuda(const at::Tensor& x_in, const at::Tensor& in_scal
     args.in_H = in_H;
     args.in_W = in_W;
     args.pool_input = pool_input ? 1 : 0;
+    // float32 follows torch.backends.cuda.matmul.allow_tf32: TF32 tensor cores, else the exact (slow) path.
+    args.allow_tf32 = (x.scalar_type() == at::kFloat && at::globalContext().allowTF32CuBLAS()) ? 1 : 0;
     const shg_dtype dtype = to_shg_dtype(x.scalar_type());
     const size_t smem = shg_residual_block_smem_bytes(&args, dtype);
     const size_t limit = max_shared_memory_per_block();
