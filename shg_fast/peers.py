@@ -20,8 +20,10 @@ missing, no bf16 on this CPU), decided before anything runs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
+import logging
 import os
 import tempfile
 import warnings
@@ -104,6 +106,18 @@ def _reference_copy(model: torch.nn.Module) -> StackedHourglass:
     return reference.float().eval()
 
 
+@contextlib.contextmanager
+def _quiet_registration_log():
+    """The exporter logs one warning per torchvision op it cannot register (torchvision is not needed here)."""
+    log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: int = 256) -> None:
     """Write ``model``'s eval-mode computation to ``path`` as ONNX (see the module doc for the format).
 
@@ -122,7 +136,7 @@ def export_onnx(model: torch.nn.Module, path: str | os.PathLike, size: int = 256
         raise ValueError(f"size must be a positive multiple of 64, got {size!r}")
     reference = _reference_copy(copy.deepcopy(model).cpu())
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))  # batch 2: not specialised
-    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings(), _quiet_registration_log():
         # torch's own exporter code warns about its own deprecated pytree call; nothing a caller can change
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                                 category=FutureWarning)

@@ -49,6 +49,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"untimed calls before each timing ({defaults('warmup')})")
     p.add_argument("--repeats", type=_args.int_in(1, MAX_CALLS),
                    help=f"timed calls, median reported ({defaults('repeats')})")
+    p.add_argument("--threads", type=_args.int_in(1, 1024),
+                   help="CPU threads for torch and the peers (default: torch's, the cores it sees)")
     quick = default_config("cpu", quick=True)
     p.add_argument("--quick", action="store_true",
                    help=f"a short smoke run: fewer batches and calls (on a CPU: {quick.stacks} stack, "
@@ -121,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
     from shg_fast import benchmarking
 
     config = args.config
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     print(f"shg-fast bench: {config.device}, {config.stacks} stack(s), {config.size}x{config.size}, "
           f"batch {','.join(map(str, config.batches))}, {','.join(config.dtypes)}, "
           f"variants {','.join(config.variants)}")
