@@ -257,6 +257,10 @@ def gpu_telemetry(index: int = 0) -> dict:
         pynvml.nvmlShutdown()
 
 
+#: Environment variables of the OpenMP/MKL/oneDNN runtimes, recorded with every report.
+_THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "DNNL_", "ONEDNN_")
+
+
 def environment(device: str) -> dict:
     """Machine, versions and (on a GPU) telemetry for a report; never initialises CUDA for ``cpu``."""
     env = {
@@ -271,6 +275,8 @@ def environment(device: str) -> dict:
         "cpu": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # threading settings that change CPU timings (OMP_WAIT_POLICY=PASSIVE: see benchmarks/PERF_NOTES.md)
+        "thread_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(_THREAD_ENV_PREFIXES)},
     }
     if device == "cuda":
         index = torch.cuda.current_device()
@@ -574,7 +580,8 @@ def _environment_lines(report: dict) -> list[str]:
         f"- device: {env['device']} — {env['device_name']}",
         f"- versions: torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}, Python {env['python']}",
         f"- host: {env['host']} ({env['platform']}), {env['cpu_threads']} CPU threads, "
-        f"load average {_fmt(env['load_average_1m'], '.1f')} at the start (other work on the machine slows every row)",
+        f"load average {_fmt(env['load_average_1m'], '.1f')} at the start (other work on the machine slows every row)"
+        + ("; " + ", ".join(f"{k}={v}" for k, v in env["thread_env"].items()) if env.get("thread_env") else ""),
         f"- date: {env['date']}",
         f"- model: {model['stacks']} stack(s), {model['size']}x{model['size']} input, "
         f"{model['flops_per_image'] / 1e9:.1f} GFLOP/image (convolutions)",
