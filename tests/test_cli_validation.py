@@ -97,6 +97,7 @@ BAD_OPTIONS = [
     ("bench", lambda a, t: a + ["--batch", "1,100000"], "--batch"),
     ("bench", lambda a, t: a + ["--repeats", "0"], "--repeats"),
     ("bench", lambda a, t: a + ["--device", "foo"], "--device"),
+    ("bench", lambda a, t: a + ["--threads", "0"], "--threads"),
     ("train", lambda a, t: a + ["--stacks", "100000"], "--stacks"),
     ("train", lambda a, t: a + ["--stacks", "64", "--features", "2048"], "--stacks", "parameters"),
     ("train", lambda a, t: a + ["--features", "15"], "--features"),
