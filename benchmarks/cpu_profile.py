@@ -1,12 +1,12 @@
 """Where the fast model's CPU time goes: torch.profiler over its program, grouped by op and map size.
 
-    python benchmarks/cpu_profile.py [--stacks 8] [--size 256] [--batch 1] [--repeats 3] [--dtype fp32]
+    python benchmarks/cpu_profile.py [--stacks 8] [--size 256] [--batch 1] [--repeats 3] [--top 25]
 
 Runs the fast model (random weights, non-trivial BN statistics) in eval mode under
 ``torch.inference_mode`` after two warm-up calls, profiles ``--repeats`` calls, and prints per
-(op, input shape) the total self CPU time per call, its share, the number of calls, and the
-achieved GMAC/s of the convolutions (MACs counted from the shapes). The wall time per call
-is printed with the sum of the ops' self times; the difference is Python and dispatch overhead.
+(op, input shape) the total self CPU time per call, its share and the number of calls. The
+wall time per call is printed with the sum of the ops' self times; the difference is Python
+and dispatch overhead.
 """
 
 from __future__ import annotations
@@ -19,21 +19,6 @@ import torch
 
 from shg_fast import StackedHourglass
 from shg_fast.testing import randomize_batchnorm
-
-CONV_OPS = ("mkldnn::_convolution_pointwise", "shg_fast::winograd_conv3x3", "aten::convolution")
-
-
-def _macs(name: str, shapes: list, out_channels: int | None) -> float:
-    """MACs of a conv call from its recorded input shapes (x, weight); 0 when they are not recorded."""
-    if len(shapes) < 2 or len(shapes[0]) != 4 or len(shapes[1]) != 4:
-        return 0.0
-    n, cin, h, w = shapes[0]
-    wshape = shapes[1]
-    if name == "shg_fast::winograd_conv3x3":  # transformed weight (36, cin, cout) or similar: assume 3x3, cin->cout
-        return 0.0
-    cout, kh, kw = wshape[0], wshape[-2], wshape[-1]
-    return n * cout * h * w * cin * kh * kw
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -57,24 +42,21 @@ def main(argv: list[str] | None = None) -> None:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
             for _ in range(args.repeats):
                 model(x)
-    totals = collections.defaultdict(lambda: [0.0, 0, 0.0])
+    totals = collections.defaultdict(lambda: [0.0, 0])
     for event in prof.key_averages(group_by_input_shape=True):
         shapes = [list(s) for s in event.input_shapes] if event.input_shapes else []
         key = (event.key, str(shapes[0]) if shapes else "")
         entry = totals[key]
         entry[0] += event.self_cpu_time_total / 1e3 / args.repeats
         entry[1] += event.count // args.repeats
-        if event.key in CONV_OPS:
-            entry[2] += _macs(event.key, shapes, None) * event.count / args.repeats
     ops_ms = sum(v[0] for v in totals.values())
     print(f"wall {wall * 1e3:.1f} ms per call (unprofiled), ops' self time {ops_ms:.1f} ms per call (profiled), "
           f"batch {args.batch}, {args.stacks} stacks, {args.size}x{args.size}, {torch.get_num_threads()} threads")
-    print(f"{'ms/call':>8} {'share':>6} {'calls':>6} {'GMAC/s':>7}  op  input")
-    for (name, shape), (ms, count, macs) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:args.top]:
-        rate = f"{macs / ms / 1e6:7.1f}" if macs and ms else "       "
-        print(f"{ms:8.2f} {ms / ops_ms:6.1%} {count:6d} {rate}  {name}  {shape}")
+    print(f"{'ms/call':>8} {'share':>6} {'calls':>6}  op  input")
+    for (name, shape), (ms, count) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:args.top]:
+        print(f"{ms:8.2f} {ms / ops_ms:6.1%} {count:6d}  {name}  {shape}")
     by_op = collections.defaultdict(float)
-    for (name, _), (ms, _, _) in totals.items():
+    for (name, _), (ms, _) in totals.items():
         by_op[name] += ms
     print("\nby op:")
     for name, ms in sorted(by_op.items(), key=lambda kv: -kv[1])[:12]:
