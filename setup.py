@@ -139,6 +139,8 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "matplotlib"],
         "gpu": ["nvidia-ml-py"],
+        # shg-fast export --onnx, and the ONNX Runtime / OpenVINO peers of shg-fast bench and benchmarks/
+        "peers": ["onnx", "onnxscript", "onnxruntime", "openvino"],
     },
     entry_points={"console_scripts": ["shg-fast = shg_fast.cli:main"]},
 )

@@ -9,6 +9,9 @@ per image on an idle 2-core AMD EPYC (benchmarks/results/cpu-2vcpu.md), so about
 its budget; on a busy machine, 3 (the minimum). The end-of-run summary compares the variants
 with the reference and with the paper's 75 ms per image.
 
+ONNX Runtime and OpenVINO (the reference exported to ONNX; CPU only, float32) run when installed
+(``pip install 'shg_fast[peers]'``), else the summary says what is missing.
+
 A new variant (another runtime, another compiler) is one :class:`ModelVariant` entry in
 :data:`MODEL_VARIANTS`: how to build it, and why it cannot run on a device (a missing package,
 no GPU), which the summary then shows once.
@@ -28,7 +31,7 @@ from conftest import DEVICE, model_setting, not_run_here, record_model_result
 from shg_fast import benchmarking
 from shg_fast.reference import StackedHourglass
 from shg_fast.testing import max_rel_error, randomize_batchnorm
-from shg_fast.variants import build_variant
+from shg_fast.variants import build_variant, variant_reasons
 
 
 def _needs_gpu(device: str, disabled: bool) -> str | None:
@@ -44,6 +47,15 @@ def _compile_opt_in(device: str, disabled: bool) -> str | None:
         return ("compile: torch.compile of the model takes minutes to compile on a CPU; "
                 "add it with --shg-variants=reference,fast,compile")
     return None
+
+
+def _peer_reasons(name: str) -> Callable[[str, bool], str | None]:
+    """Why peer ``name`` cannot run here in float32 (a package missing, not a CPU), or None."""
+
+    def reasons(device: str, disabled: bool) -> str | None:
+        return "; ".join(variant_reasons(name, device, torch.float32)) or None
+
+    return reasons
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +86,10 @@ MODEL_VARIANTS = {v.name: v for v in (
     ModelVariant("compile", functools.partial(build_variant, "compile"), opt_in=_compile_opt_in),
     ModelVariant("cuda_graph", functools.partial(build_variant, "cuda_graph"), cannot_run=_needs_gpu,
                  batch_one_only=True),
+    # the peers: the reference exported to ONNX (once per model: tens of seconds at 8 stacks), run by
+    # ONNX Runtime / OpenVINO on the CPU in float32 (pip install 'shg_fast[peers]')
+    ModelVariant("onnxruntime", functools.partial(build_variant, "onnxruntime"), cannot_run=_peer_reasons("onnxruntime")),
+    ModelVariant("openvino", functools.partial(build_variant, "openvino"), cannot_run=_peer_reasons("openvino")),
 )}
 
 

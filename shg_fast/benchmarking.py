@@ -5,8 +5,10 @@ of a :class:`BenchConfig` on one device, checks each variant's output against a 
 of the reference on the same input (tolerances from :mod:`shg_fast.testing`), and returns a
 JSON-ready report. :func:`format_table`, :func:`format_markdown` and :func:`plot_report` render it.
 
-Timing: on a GPU, CUDA events around each call after a warm-up, synchronised, median of the
-runs; on a CPU, ``time.perf_counter`` around each call, median of the runs.
+Timing: the variants of one (dtype, batch) take turns call by call (:func:`time_round_robin`),
+so a shared machine's changing load falls on all of them alike; on a GPU, CUDA events around
+each call after a warm-up, synchronised, median of the runs; on a CPU, ``time.perf_counter``
+around each call, median of the runs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import copy
 import dataclasses
 import datetime
 import importlib.metadata
+import math
 import os
 import platform
 import statistics
@@ -29,7 +32,7 @@ from torch import nn
 
 from .reference import StackedHourglass
 from .testing import max_rel_error, randomize_batchnorm, tolerance
-from .variants import VARIANTS, build_variant
+from .variants import PEERS, VARIANTS, build_variant, variant_reasons
 
 __all__ = [
     "PAPER_MS_PER_IMAGE",
@@ -44,6 +47,7 @@ __all__ = [
     "gpu_telemetry",
     "precision",
     "time_calls",
+    "time_round_robin",
     "timing_summary",
     "stacked_outputs",
     "example_input",
@@ -77,7 +81,9 @@ class BenchConfig:
         size: input height and width (a multiple of 64).
         batches: batch sizes to time.
         dtypes: names from :data:`DTYPES`.
-        variants: names from :data:`shg_fast.variants.VARIANTS`; ``cuda_graph`` runs at batch 1 only.
+        variants: names from :data:`shg_fast.variants.VARIANTS`; ``cuda_graph`` runs at batch 1 only; a
+            variant that cannot run for a dtype here (:func:`shg_fast.variants.variant_reasons`: a peer's
+            package missing, no bf16 on this CPU) is skipped with its reason in the report.
         warmup: untimed calls before timing each variant.
         repeats: timed calls; the median is reported.
         check_images: images of each batch compared with the float64 reference (0: the whole batch).
@@ -122,7 +128,7 @@ class BenchConfig:
                          "256x256 on a Titan X, so the 'vs paper' column is not like for like"
                          + (" (CPU default, sized to finish in two minutes on 2 cores; --stacks 8 for the full "
                             "model)" if self.device == "cpu" else ""))
-        missing = [v for v in VARIANTS if v not in self.variants]
+        missing = [v for v in VARIANTS if v not in self.variants and not (self.device == "cuda" and v in PEERS)]
         if missing:
             notes.append(f"not timed: {', '.join(missing)} (add with --variants; torch.compile takes minutes "
                          "to compile on a small CPU)")
@@ -136,22 +142,23 @@ class BenchConfig:
 def default_config(device: str, quick: bool = False) -> BenchConfig:
     """The default run for ``device``; ``quick`` trims it to a fast smoke run.
 
-    GPU: 8 stacks, 256x256, batch 1, 8, 32, 64; fp32, TF32, bf16; all four variants; 10 warm-up
-    and 50 timed calls (quick: batch 1 and 8, no torch.compile, 3 and 10). CPU (sized to finish
-    in about a minute on 2 cores): the full 8-stack model, 256x256, batch 1 and 4, fp32, reference
-    and fast, 1 warm-up and 5 timed calls (quick: 1 stack, 128x128, batch 1, 2 timed calls); the
-    first image of a batch is checked.
+    GPU: 8 stacks, 256x256, batch 1, 8, 32, 64; fp32, TF32, bf16; reference, fast, compile and
+    cuda_graph; 10 warm-up and 50 timed calls (quick: batch 1 and 8, no torch.compile, 3 and 10).
+    CPU (sized to finish in a few minutes on 2 cores): the full 8-stack model, 256x256, batch 1
+    and 4, fp32, reference, fast and the peers ONNX Runtime and OpenVINO (skipped, saying why,
+    when not installed; each exports the model once, tens of seconds), 1 warm-up and 5 timed
+    calls (quick: 1 stack, 128x128, batch 1, 2 timed calls); the first image of a batch is checked.
     """
     if device == "cuda":
         return BenchConfig(
             device="cuda", stacks=8, size=256, batches=(1, 8) if quick else (1, 8, 32, 64),
             dtypes=("fp32", "tf32", "bf16"),
-            variants=tuple(v for v in VARIANTS if v != "compile") if quick else VARIANTS,
+            variants=("reference", "fast", "cuda_graph") if quick else ("reference", "fast", "compile", "cuda_graph"),
             warmup=3 if quick else 10, repeats=10 if quick else 50,
         )
     return BenchConfig(
         device="cpu", stacks=1 if quick else 8, size=128 if quick else 256, batches=(1,) if quick else (1, 4),
-        dtypes=("fp32",), variants=("reference", "fast"), warmup=1, repeats=2 if quick else 5,
+        dtypes=("fp32",), variants=("reference", "fast", *PEERS), warmup=1, repeats=2 if quick else 5,
         check_images=1,
     )
 
@@ -250,6 +257,10 @@ def gpu_telemetry(index: int = 0) -> dict:
         pynvml.nvmlShutdown()
 
 
+#: Environment variables of the OpenMP/MKL/oneDNN runtimes, recorded with every report.
+_THREAD_ENV_PREFIXES = ("OMP_", "GOMP_", "KMP_", "MKL_", "DNNL_", "ONEDNN_")
+
+
 def environment(device: str) -> dict:
     """Machine, versions and (on a GPU) telemetry for a report; never initialises CUDA for ``cpu``."""
     env = {
@@ -264,6 +275,8 @@ def environment(device: str) -> dict:
         "cpu": _cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        # threading settings that change CPU timings (OMP_WAIT_POLICY=PASSIVE: see benchmarks/PERF_NOTES.md)
+        "thread_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(_THREAD_ENV_PREFIXES)},
     }
     if device == "cuda":
         index = torch.cuda.current_device()
@@ -340,6 +353,28 @@ def time_calls(fn: Callable[[torch.Tensor], object], x: torch.Tensor, warmup: in
     return times
 
 
+def time_round_robin(fns: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor, warmup: int,
+                     repeats: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Seconds per call of each ``fns[name](x)``, the variants taking turns (round robin).
+
+    Each variant gets ``warmup`` untimed calls, then ``repeats`` rounds in which every variant is
+    timed once (:func:`time_calls` of one call), so load that comes and goes on a shared machine
+    slows every variant alike. Returns ``(times, failed)``: per name the list of seconds, and
+    per name that raised, the error (that variant leaves the rotation).
+    """
+    times = {name: [] for name in fns}
+    failed = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if name in failed:
+                continue
+            try:
+                times[name] += time_calls(fn, x, warmup if not times[name] else 0, 1)
+            except Exception as exc:  # reported with the variant; the others keep running
+                failed[name] = f"{type(exc).__name__}: {exc}"
+    return {n: t for n, t in times.items() if n not in failed}, failed
+
+
 def timing_summary(seconds: list[float], batch: int, flops_per_image: float | None) -> dict:
     """ms per batch (median, min, max), ms/image, images/s and achieved GFLOP/s from per-call times.
 
@@ -411,7 +446,7 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
     torch.manual_seed(0)
     master = randomize_batchnorm(StackedHourglass(num_stacks=config.stacks).eval(), seed=0)
     truth_model = copy.deepcopy(master).to(device=device, dtype=torch.float64)
-    results, errors = [], []
+    results, errors, skipped = [], [], []
     bar = _progress(len(_steps(config)), progress)
     with torch.inference_mode(), bar:
         for dtype_name in config.dtypes:
@@ -421,31 +456,42 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
                 for batch in config.batches:
                     x = example_input(batch, config.size, device, dtype)
                     truth, bound, n_check = ground_truth(truth_model, reference, x, dtype_name, config.check_images)
+                    built = {}
                     for variant in config.variants:
                         if variant == "cuda_graph" and batch != 1:
                             continue
                         bar.set_description(f"{variant} batch {batch} {dtype_name}")
                         row = {"variant": variant, "batch": batch, "dtype": dtype_name}
-                        try:
-                            start = time.perf_counter()
-                            with torch.inference_mode(False):
-                                fn = build_variant(variant, reference, x)
-                            out = stacked_outputs(fn(x))
-                            row["setup_s"] = time.perf_counter() - start
-                            row.update(timing_summary(time_calls(fn, x, config.warmup, config.repeats),
-                                                      batch, flops))
-                        except Exception as exc:  # a broken variant is reported, the others still run
-                            errors.append({**row, "error": f"{type(exc).__name__}: {exc}"})
+                        reasons = variant_reasons(variant, config.device, dtype)
+                        if reasons:
+                            skipped.append({**row, "reason": "; ".join(reasons)})
                         else:
-                            err = max_rel_error(out[:, :n_check], truth)
-                            row.update(max_rel_error=err, tolerance=bound, agrees=err <= bound,
-                                       checked_images=n_check)
-                            results.append(row)
-                        finally:
-                            fn = out = None
-                            if device.type == "cuda":
-                                torch.cuda.empty_cache()
+                            try:
+                                start = time.perf_counter()
+                                with torch.inference_mode(False):
+                                    fn = build_variant(variant, reference, x)
+                                out = stacked_outputs(fn(x))
+                                row["setup_s"] = time.perf_counter() - start
+                            except Exception as exc:  # a broken variant is reported, the others still run
+                                errors.append({**row, "error": f"{type(exc).__name__}: {exc}"})
+                            else:
+                                err = max_rel_error(out[:, :n_check], truth)
+                                row.update(max_rel_error=err, tolerance=bound, agrees=err <= bound,
+                                           checked_images=n_check)
+                                built[variant] = (fn, row)
+                            out = None
                         bar.update()
+                    bar.set_description(f"timing batch {batch} {dtype_name}, round robin")
+                    times, failed = time_round_robin({v: fn for v, (fn, _) in built.items()}, x, config.warmup,
+                                                     config.repeats)
+                    for variant, (_, row) in built.items():
+                        if variant in failed:
+                            errors.append({**row, "error": failed[variant]})
+                        else:
+                            results.append({**row, **timing_summary(times[variant], batch, flops)})
+                    built = None
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
     add_speedups(results)
     if config.device == "cuda":
         env["gpu_after_run"] = gpu_telemetry(torch.cuda.current_device())
@@ -459,21 +505,34 @@ def run_benchmark(config: BenchConfig, progress: bool = True) -> dict:
         "paper_ms_per_image": PAPER_MS_PER_IMAGE,
         "results": results,
         "errors": errors,
+        "skipped": skipped,
     }
+
+
+#: The variants the fast model is measured against as "the best peer": other runtimes and torch.compile.
+RIVALS = ("compile", *PEERS)
 
 
 def add_speedups(results: list[dict]) -> None:
     """Set each row's ``speedup_vs_reference`` (reference ms/image of its dtype and batch over its
-    own; None without a reference row) and ``speedup_vs_paper`` (75 ms over its ms/image)."""
+    own; None without a reference row), ``speedup_vs_paper`` (75 ms over its ms/image) and
+    ``speedup_vs_best_peer`` (the fastest of :data:`RIVALS` in its dtype and batch over its own;
+    None when none of them ran)."""
     reference_ms = {(r["dtype"], r["batch"]): r["ms_per_image"] for r in results if r["variant"] == "reference"}
+    best_peer_ms = {}
     for r in results:
-        base = reference_ms.get((r["dtype"], r["batch"]))
+        if r["variant"] in RIVALS:
+            key = (r["dtype"], r["batch"])
+            best_peer_ms[key] = min(best_peer_ms.get(key, math.inf), r["ms_per_image"])
+    for r in results:
+        base, peer = reference_ms.get((r["dtype"], r["batch"])), best_peer_ms.get((r["dtype"], r["batch"]))
         r["speedup_vs_reference"] = None if base is None else base / r["ms_per_image"]
         r["speedup_vs_paper"] = PAPER_MS_PER_IMAGE / r["ms_per_image"]
+        r["speedup_vs_best_peer"] = None if peer is None else peer / r["ms_per_image"]
 
 
 TABLE_COLUMNS = ("dtype", "batch", "variant", "ms/image", "images/s", "GFLOP/s", "vs reference",
-                 "vs paper 75 ms", "max rel err", "tolerance", "agrees")
+                 "vs paper 75 ms", "max rel err", "tolerance", "agrees", "vs best peer")
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -486,17 +545,33 @@ def _small(value: float | None, spec: str, suffix: str = "") -> str:
 
 
 def format_table(report: dict) -> str:
-    """The results as a Markdown table, one row per (dtype, batch, variant), then any errors."""
+    """The results as a Markdown table, one row per (dtype, batch, variant), then errors and skipped variants.
+
+    "vs best peer" is the fastest of torch.compile, ONNX Runtime and OpenVINO (same dtype and
+    batch) over the row's ms/image: above 1, the row is faster than every peer that ran."""
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
     for r in report["results"]:
         cells = (r["dtype"], str(r["batch"]), r["variant"], _fmt(r["ms_per_image"], ".2f"),
                  _small(r["images_per_s"], ".1f"), _fmt(r["gflop_per_s"], ".0f"),
                  _small(r["speedup_vs_reference"], ".2f", "x"), _small(r["speedup_vs_paper"], ".2f", "x"),
-                 f"{r['max_rel_error']:.1e}", f"{r['tolerance']:.1e}", "yes" if r["agrees"] else "NO")
+                 f"{r['max_rel_error']:.1e}", f"{r['tolerance']:.1e}", "yes" if r["agrees"] else "NO",
+                 _small(r.get("speedup_vs_best_peer"), ".2f", "x"))
         lines.append("| " + " | ".join(cells) + " |")
     for e in report["errors"]:
         lines.append(f"\nerror: {e['variant']} batch {e['batch']} {e['dtype']}: {e['error']}")
+    for reason, rows in _grouped_skips(report.get("skipped", [])).items():
+        lines.append(f"\nskipped: {', '.join(rows)}: {reason}")
     return "\n".join(lines)
+
+
+def _grouped_skips(skipped: list[dict]) -> dict[str, list[str]]:
+    """Skip reason -> the (variant, dtype) it applies to, each once."""
+    grouped: dict[str, list[str]] = {}
+    for s in skipped:
+        what = f"{s['variant']} {s['dtype']}"
+        if what not in grouped.setdefault(s["reason"], []):
+            grouped[s["reason"]].append(what)
+    return grouped
 
 
 def _environment_lines(report: dict) -> list[str]:
@@ -505,7 +580,8 @@ def _environment_lines(report: dict) -> list[str]:
         f"- device: {env['device']} — {env['device_name']}",
         f"- versions: torch {env['torch']}, Triton {env['triton']}, CUDA {env['cuda']}, Python {env['python']}",
         f"- host: {env['host']} ({env['platform']}), {env['cpu_threads']} CPU threads, "
-        f"load average {_fmt(env['load_average_1m'], '.1f')} at the start (other work on the machine slows every row)",
+        f"load average {_fmt(env['load_average_1m'], '.1f')} at the start (other work on the machine slows every row)"
+        + ("; " + ", ".join(f"{k}={v}" for k, v in env["thread_env"].items()) if env.get("thread_env") else ""),
         f"- date: {env['date']}",
         f"- model: {model['stacks']} stack(s), {model['size']}x{model['size']} input, "
         f"{model['flops_per_image'] / 1e9:.1f} GFLOP/image (convolutions)",

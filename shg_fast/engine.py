@@ -262,8 +262,10 @@ class _Choice:
         if forced == "cuda" and not self.cuda_ok:
             raise BackendUnavailableError("backend 'cuda' cannot run here: "
                                           + ("no CUDA kernels in the extension" if gpu else "tensors are not on CUDA"))
-        self.cpu_runner = (caps.device.type == "cpu" and dtype == torch.float32 and forced == "auto"
-                           and caps.mkldnn)
+        from .plan import mkldnn_runner_reasons  # float32, and bfloat16 where oneDNN has it (issue 18)
+
+        self.cpu_runner = (caps.device.type == "cpu" and forced == "auto" and caps.mkldnn
+                           and not mkldnn_runner_reasons(dtype))
 
     def table(self, op: str, shape: str) -> Tactic | None:
         tactic = tactics.lookup(op, shape, self.dtype, self.batch, self.caps.name)

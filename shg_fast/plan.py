@@ -17,8 +17,12 @@ backend choice). Its float32 CPU tactics are :class:`CpuConvs`: oneDNN convoluti
 prepacked weights, residual adds as conv post-ops (ReLU as a separate in-place pass: oneDNN's ReLU
 post-op turns NaN into 0), the BN-ReLU prologue as one clamp
 pass, the C++ ``upsample_add``, and the 3x3 convs by the C++ Winograd F(4x4, 3x3) kernel unless
-``SHG_FAST_WINOGRAD=0``; :func:`mkldnn_runner_reasons` says why they are not used,
-``FusedPlan.info()["runner"]`` which runner a call takes. Under ``torch.compile`` the plan runs
+``SHG_FAST_WINOGRAD=0``. bfloat16 plans take the same runner where oneDNN has native bfloat16
+convolutions (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; AMX or AVX-512 BF16 make them fast, detected
+through torch, never assumed): weights prepacked in bf16 for oneDNN's kernels (AMX where present),
+the residual add a post-op, the prologue clamp and the upsample-add in bf16, float32 accumulation
+inside oneDNN; no Winograd (float32 only). :func:`mkldnn_runner_reasons` says why a dtype does not
+run on the runner here, ``FusedPlan.info()["runner"]`` which runner a call takes. Under ``torch.compile`` the plan runs
 through the public ops of :mod:`shg_fast.ops` instead (``_OpsRunner``), which dynamo traces.
 """
 
@@ -39,7 +43,8 @@ from .fusion import FoldedResidual, fold_bn_into_conv, merge_head
 from .ops.upsample_add import UPSAMPLE_ADD
 from .tactics import Tactic
 
-__all__ = ["CpuConvs", "FusedPlan", "HourglassPlan", "StackPlan", "build_plan", "mkldnn_runner_reasons"]
+__all__ = ["CpuConvs", "FusedPlan", "HourglassPlan", "StackPlan", "build_plan", "cpu_bf16_reasons",
+           "mkldnn_runner_reasons"]
 
 
 @dataclass
@@ -125,7 +130,7 @@ class FusedPlan:
     def info(self) -> dict:
         """A summary of the plan: dtype, device and how many of each fused piece it runs."""
         blocks = _count_blocks(self)
-        mkldnn = self.device.type == "cpu" and self.dtype == torch.float32 and not mkldnn_runner_reasons()
+        mkldnn = self.device.type == "cpu" and not mkldnn_runner_reasons(self.dtype)
         return {
             "dtype": str(self.dtype),
             "device": str(self.device),
@@ -134,7 +139,7 @@ class FusedPlan:
             "upsample_add_epilogues": len(self.stacks) * _hourglass_depth(self.stacks[0].hourglass),
             "merged_heads": sum(s.head_w.shape[0] > self.num_joints for s in self.stacks),
             "runner": "mkldnn" if mkldnn else "ops",
-            "winograd_3x3": mkldnn and winograd_enabled(),
+            "winograd_3x3": mkldnn and self.dtype == torch.float32 and winograd_enabled(),
         }
 
 
@@ -179,19 +184,37 @@ class _OpsRunner:
 _OPS_RUNNER = _OpsRunner()
 
 
-def mkldnn_runner_reasons() -> list[str]:
-    """Why float32 CPU plans cannot run on the oneDNN runner here (empty when they do).
+def mkldnn_runner_reasons(dtype: torch.dtype = torch.float32) -> list[str]:
+    """Why CPU plans in ``dtype`` cannot run on the oneDNN runner here (empty when they do).
 
-    The runner is the CPU path of ``auto``: convolutions with prepacked weights and a fused add
-    (``torch.ops.mkldnn._convolution_pointwise``), the C++ ``upsample_add``. A forced
-    backend (``SHG_FAST_BACKEND``) makes the plan run the public ops instead.
+    The runner is the CPU path of ``auto`` for float32, and for bfloat16 where oneDNN has native
+    bf16 convolutions (:func:`cpu_bf16_reasons`): convolutions with prepacked weights and a fused
+    add (``torch.ops.mkldnn._convolution_pointwise``), the C++ ``upsample_add``. A forced backend
+    (``SHG_FAST_BACKEND``) makes the plan run the public ops instead.
     """
     reasons = []
     if requested_backend() != "auto":
         reasons.append(f"backend {requested_backend()!r} is forced")
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
         reasons.append("this PyTorch build has no oneDNN convolution_pointwise")
+    if dtype == torch.bfloat16:
+        reasons += cpu_bf16_reasons()
+    elif dtype != torch.float32:
+        reasons.append(f"the CPU runner runs float32 and bfloat16 plans, not {dtype}")
     return reasons
+
+
+def cpu_bf16_reasons() -> list[str]:
+    """Why oneDNN cannot run bfloat16 convolutions on this CPU (empty when it can), as torch detects it.
+
+    oneDNN's bf16 convolutions need AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT; they are fast with
+    AVX-512 BF16 or AMX (``shg_fast.peers.cpu_bf16_support`` lists which the CPU has).
+    """
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if supported is None or not supported():
+        return ["oneDNN has no bfloat16 convolutions on this CPU (they need AVX-512 BW/VL/DQ or AVX-NE-CONVERT; "
+                "AMX or AVX-512 BF16 make them fast): torch.ops.mkldnn._is_mkldnn_bf16_supported() is False"]
+    return []
 
 
 #: 1x1 convs on maps of at most this many pixels (8x8) run as plain ATen convs in the CPU runner.
@@ -210,8 +233,25 @@ def winograd_enabled() -> bool:
     return os.environ.get(WINOGRAD_ENV_VAR, "1").strip() != "0" and ops.winograd_available()
 
 
+def _onednn_pack(w: torch.Tensor, pad: list[int], stride: int, x_shape) -> torch.Tensor:
+    """``w`` reordered once into oneDNN's blocked layout for inputs of ``x_shape`` (its dtype kept)."""
+    return torch.ops.mkldnn._reorder_convolution_weight(w, pad, [stride] * 2, [1, 1], 1, list(x_shape))
+
+
+def _onednn_conv(x: torch.Tensor, packed: torch.Tensor, b: torch.Tensor, pad: list[int], stride: int) -> torch.Tensor:
+    """oneDNN conv + bias (no post-op): float32 accumulation, the result in ``x``'s dtype."""
+    return torch.ops.mkldnn._convolution_pointwise(x, packed, b, pad, [stride] * 2, [1, 1], 1, "none", [], "")
+
+
+def _onednn_conv_add(x: torch.Tensor, a: torch.Tensor, packed: torch.Tensor, b: torch.Tensor, pad: list[int],
+                     stride: int) -> torch.Tensor:
+    """oneDNN conv + bias with ``a`` added as a binary post-op (before the result is rounded to x's dtype)."""
+    return torch.ops.mkldnn._convolution_pointwise.binary(x, a, packed, b, pad, [stride] * 2, [1, 1], 1, "add", 1.0,
+                                                          None, [], None)
+
+
 class CpuConvs:
-    """float32 CPU tactics: oneDNN convolutions with weights prepacked once, the add fused, NaN kept.
+    """float32/bfloat16 CPU tactics: oneDNN convolutions with weights prepacked once, the add fused, NaN kept.
 
     The CPU runner of the engine (:mod:`shg_fast.engine`): :meth:`conv` and :meth:`block`
     decide, once per program, how each conv runs (Winograd, ATen or prepacked oneDNN) and return
@@ -229,7 +269,7 @@ class CpuConvs:
              relu: bool = False, add: bool = False) -> tuple[Callable, Tactic]:
         """``f(x)`` (``f(x, add)`` with ``add``) running this conv on inputs of ``x_shape``, and its tactic."""
         pad = [w.shape[-1] // 2 if padding is None else padding] * 2
-        if (w.shape[-1] == 3 and stride == 1 and pad[0] == 1 and not add
+        if (w.shape[-1] == 3 and stride == 1 and pad[0] == 1 and not add and w.dtype == torch.float32
                 and min(x_shape[-2:]) >= WINOGRAD_MIN_SIDE and self.winograd):
             weight_t, winograd = ops.winograd_weight(w), ops.winograd_conv3x3
             return (lambda x: winograd(x, weight_t, b, relu=relu)), Tactic(
@@ -241,15 +281,14 @@ class CpuConvs:
             if add:
                 return (lambda x, a: F.conv2d(x, w, b).add_(a)), tactic
             return ((lambda x: F.conv2d(x, w, b).relu_()) if relu else (lambda x: F.conv2d(x, w, b))), tactic
-        packed = torch.ops.mkldnn._reorder_convolution_weight(w, pad, [stride] * 2, [1, 1], 1, list(x_shape))
-        tactic = Tactic("mkldnn", "oneDNN conv, weights prepacked for this input shape, "
+        packed = _onednn_pack(w, pad, stride, x_shape)
+        tactic = Tactic("mkldnn", f"oneDNN conv, {w.dtype} weights prepacked for this input shape, "
                         + ("add fused" if add else "then ReLU in place" if relu else "bias fused"))
         if add:
-            return (lambda x, a: torch.ops.mkldnn._convolution_pointwise.binary(
-                x, a, packed, b, pad, [stride] * 2, [1, 1], 1, "add", 1.0, None, [], None)), tactic
+            return (lambda x, a: _onednn_conv_add(x, a, packed, b, pad, stride)), tactic
 
         def conv(x):
-            y = torch.ops.mkldnn._convolution_pointwise(x, packed, b, pad, [stride] * 2, [1, 1], 1, "none", [], "")
+            y = _onednn_conv(x, packed, b, pad, stride)
             # ReLU as a separate ATen pass: oneDNN's fused ReLU post-op maps NaN to 0 (a silent wrong result).
             return y.relu_() if relu else y
 
@@ -288,18 +327,21 @@ def _clamp_prologue(block: FoldedResidual) -> tuple:
     With ``c = -t/s``: ``relu(s*x + t) = s*(clamp(x, lo, hi) - c)``, ``lo = c, hi = inf`` where
     ``s > 0`` and ``lo = -inf, hi = c`` where ``s < 0`` (``s = 0`` gives the constant
     ``relu(t)``). ``s`` scales conv1's input channels and the constant part goes into its
-    bias (exact: a 1x1 conv has no padding), so the prologue is a single pass over x.
+    bias (exact: a 1x1 conv has no padding), so the prologue is a single pass over x. Computed
+    in float32 (from a bfloat16 block's values too) and rounded once to the block's dtype.
     """
-    s, t = block.in_scale, block.in_shift
+    dtype = block.w1.dtype
+    s, t = block.in_scale.float(), block.in_shift.float()
     nonzero = s != 0
     c = torch.where(nonzero, -t / torch.where(nonzero, s, torch.ones_like(s)), torch.zeros_like(s))
     inf = torch.full_like(s, float("inf"))
     lo = torch.where(s > 0, c, torch.where(nonzero, -inf, c))
     hi = torch.where(s < 0, c, torch.where(nonzero, inf, c))
     const = torch.where(nonzero, -s * c, t.clamp_min(0))
-    w1 = (block.w1 * s.view(1, -1, 1, 1)).contiguous(memory_format=torch.channels_last)
-    b1 = block.b1 + block.w1.flatten(1) @ const
-    return lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1), w1, b1
+    w1_32 = block.w1.float()
+    w1 = (w1_32 * s.view(1, -1, 1, 1)).to(dtype).contiguous(memory_format=torch.channels_last)
+    b1 = (block.b1.float() + w1_32.flatten(1) @ const).to(dtype)
+    return lo.view(1, -1, 1, 1).to(dtype), hi.view(1, -1, 1, 1).to(dtype), w1, b1
 
 
 def _run(runner: _OpsRunner, plan: FusedPlan, x: torch.Tensor) -> list[torch.Tensor]:

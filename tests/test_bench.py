@@ -62,9 +62,10 @@ def test_cuda_without_a_gpu_is_an_error(capsys):
 
 def test_defaults_per_device():
     cpu, gpu = benchmarking.default_config("cpu"), benchmarking.default_config("cuda")
-    assert (cpu.stacks, cpu.batches, cpu.dtypes, cpu.variants) == (8, (1, 4), ("fp32",), ("reference", "fast"))
+    assert (cpu.stacks, cpu.batches, cpu.dtypes) == (8, (1, 4), ("fp32",))
+    assert cpu.variants == ("reference", "fast", "onnxruntime", "openvino")  # the peers: skipped, saying why, if absent
     assert (gpu.stacks, gpu.batches, gpu.dtypes) == (8, (1, 8, 32, 64), ("fp32", "tf32", "bf16"))
-    assert gpu.variants == variants.VARIANTS
+    assert gpu.variants == ("reference", "fast", "compile", "cuda_graph")
     assert any("not timed: compile" in n for n in cpu.notes()) and gpu.notes() == []
     quick = benchmarking.default_config("cpu", quick=True)
     assert any("not like for like" in n for n in quick.notes())
@@ -125,7 +126,7 @@ def test_table_formatting():
     lines = benchmarking.format_table(fake_report()).splitlines()
     assert lines[0].split(" | ")[:3] == ["| dtype", "batch", "variant"]
     assert lines[1] == "|" + "---|" * len(benchmarking.TABLE_COLUMNS)
-    assert lines[2] == ("| bf16 | 8 | fast | 2.50 | 400.0 | 21960 | 3.00x | 30.00x | 1.5e-03 | 1.6e-02 | yes |")
+    assert lines[2] == ("| bf16 | 8 | fast | 2.50 | 400.0 | 21960 | 3.00x | 30.00x | 1.5e-03 | 1.6e-02 | yes | n/a |")
     assert "| n/a |" in lines[3]
     bad = benchmarking.format_table(fake_report(agrees=False, errors=[
         dict(variant="cuda_graph", batch=1, dtype="fp32", error="RuntimeError: boom")]))
@@ -141,7 +142,7 @@ def test_quick_cpu_run_writes_json_markdown_and_plot(tmp_path, capsys):
     report = json.loads(paths["json"].read_text())
     assert report["schema"] == benchmarking.SCHEMA_VERSION
     assert set(report) == {"schema", "environment", "config", "notes", "model", "paper_ms_per_image",
-                           "results", "errors"}
+                           "results", "errors", "skipped"}
     assert {"date", "torch", "triton", "cuda", "device", "device_name"} <= set(report["environment"])
     assert report["model"] == {"stacks": 1, "size": 64, "conv_macs_per_image": benchmarking.conv_macs(1, 64),
                                "flops_per_image": 2 * benchmarking.conv_macs(1, 64)}
@@ -184,3 +185,61 @@ def test_quick_bench_with_the_real_fast_model(capsys):
     out = capsys.readouterr().out
     assert status == 0, out
     assert "| fp32 | 1 | fast |" in out and "| fp32 | 1 | cuda_graph |" in out
+
+
+def test_round_robin_alternates_and_drops_a_failing_variant():
+    calls = []
+
+    def broken(x):
+        calls.append("broken")
+        raise RuntimeError("boom")
+
+    fns = {"a": lambda x: calls.append("a"), "b": lambda x: calls.append("b"), "broken": broken}
+    times, failed = benchmarking.time_round_robin(fns, torch.ones(1), warmup=1, repeats=3)
+    assert calls == ["a", "a", "b", "b", "broken", "a", "b", "a", "b"]  # warm-up inside each first turn
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3}
+    assert failed == {"broken": "RuntimeError: boom"}
+
+
+def test_speedup_vs_best_peer():
+    rows = [dict(variant=v, batch=1, dtype="fp32", ms_per_image=ms)
+            for v, ms in (("reference", 400.0), ("fast", 100.0), ("onnxruntime", 150.0), ("openvino", 120.0))]
+    benchmarking.add_speedups(rows)
+    by_name = {r["variant"]: r for r in rows}
+    assert by_name["fast"]["speedup_vs_best_peer"] == pytest.approx(1.2)
+    assert by_name["openvino"]["speedup_vs_best_peer"] == pytest.approx(1.0)
+    assert by_name["fast"]["speedup_vs_reference"] == pytest.approx(4.0)
+
+
+def test_a_peer_that_cannot_run_is_skipped_saying_why(monkeypatch, capsys, tmp_path):
+    from shg_fast import peers
+
+    monkeypatch.setattr(peers, "onnxruntime_reasons", lambda: ["needs onnxruntime (pip install 'shg_fast[peers]')"])
+    path = tmp_path / "r.json"
+    assert run_cli("--device", "cpu", *TINY, "--batch", "1,2", "--variants", "reference,onnxruntime",
+                   "--json", str(path)) == 0
+    out = capsys.readouterr().out
+    assert "skipped: onnxruntime fp32: onnxruntime: needs onnxruntime (pip install 'shg_fast[peers]')" in out
+    report = json.loads(path.read_text())
+    assert [(s["variant"], s["batch"]) for s in report["skipped"]] == [("onnxruntime", 1), ("onnxruntime", 2)]
+    assert {r["variant"] for r in report["results"]} == {"reference"}
+
+
+def test_peer_reasons_per_device_and_dtype():
+    assert variants.variant_reasons("fast", "cpu", torch.bfloat16) == []
+    assert "CPU only" in variants.variant_reasons("onnxruntime", "cuda", torch.float32)[0]
+    assert any("float32" in r for r in variants.variant_reasons("onnxruntime", "cpu", torch.bfloat16))
+    with pytest.raises(RuntimeError, match="CPU only"):
+        variants.build_variant("openvino", StackedHourglass(1, 16), torch.rand(1, 3, 64, 64, device="meta"))
+
+
+@pytest.mark.skipif(bool(variants.variant_reasons("onnxruntime", "cpu", torch.float32)
+                         + variants.variant_reasons("openvino", "cpu", torch.float32)),
+                    reason="needs the peers (pip install 'shg_fast[peers]')")
+def test_peers_run_side_by_side_and_agree_with_float64(capsys):
+    assert run_cli("--device", "cpu", *TINY, "--batch", "1,2", "--variants", "reference,fast,onnxruntime,openvino") == 0
+    out = capsys.readouterr().out
+    for batch in (1, 2):
+        for variant in ("onnxruntime", "openvino"):
+            row = next(line for line in out.splitlines() if line.startswith(f"| fp32 | {batch} | {variant} |"))
+            assert row.split(" | ")[-2] == "yes"  # agrees with the float64 reference

@@ -40,6 +40,7 @@ def valid_argv(command: str, tmp: Path) -> list[str]:
                   "--train-size", 2, "--val-size", 2, "--quiet", "--out", tmp / "run"],
         "predict": [PHOTO, "--out", tmp / "pred"],
         "convert": [tmp / "in.pt", tmp / "out.pt"],
+        "export": ["--onnx", tmp / "model.onnx", "--size", 64],
     }[command]]
 
 
@@ -96,6 +97,7 @@ BAD_OPTIONS = [
     ("bench", lambda a, t: a + ["--batch", "1,100000"], "--batch"),
     ("bench", lambda a, t: a + ["--repeats", "0"], "--repeats"),
     ("bench", lambda a, t: a + ["--device", "foo"], "--device"),
+    ("bench", lambda a, t: a + ["--threads", "0"], "--threads"),
     ("train", lambda a, t: a + ["--stacks", "100000"], "--stacks"),
     ("train", lambda a, t: a + ["--stacks", "64", "--features", "2048"], "--stacks", "parameters"),
     ("train", lambda a, t: a + ["--features", "15"], "--features"),
@@ -113,6 +115,8 @@ BAD_OPTIONS = [
     ("eval", lambda a, t: ["--preds", PREDS, "--annot", _zero_normalize(t)], "normalize", "positive"),
     ("eval", lambda a, t: ["--preds", t / "none.h5", "--annot", ANNOT], "--preds", "does not exist"),
     ("convert", lambda a, t: [_random_bytes(t), a[1]], "IN", "not a PyTorch checkpoint"),
+    ("export", lambda a, t: a + ["--size", "96"], "--size", "multiple of 64"),
+    ("export", lambda a, t: a + ["--checkpoint", _random_bytes(t)], "--checkpoint", "not a PyTorch checkpoint"),
 ]
 
 
@@ -135,7 +139,7 @@ def test_torch_load_advice_is_never_shown(capsys, tmp_path, no_work):
 # (command, output option, is it a folder); the option is appended to the valid argv (or replaces OUT)
 OUTPUTS = [("bench", "--json", False), ("bench", "--markdown", False), ("bench", "--plot", False),
            ("eval", "--curve", False), ("convert", "OUT", False), ("predict", "--out", True),
-           ("train", "--out", True)]
+           ("train", "--out", True), ("export", "--onnx", False)]
 
 
 def _with_output(command: str, option: str, path: Path, tmp: Path) -> list[str]:

@@ -20,7 +20,7 @@ from ._args import CLIError, Parser, check_backend_env
 
 __all__ = ["COMMANDS", "CLIError", "main"]
 
-COMMANDS = ("info", "bench", "eval", "train", "predict", "convert")
+COMMANDS = ("info", "bench", "eval", "train", "predict", "convert", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``shg-fast bench``: time the reference and fast models side by side (ms/image, images/s).
+"""``shg-fast bench``: time the reference, fast and peer models side by side (ms/image, images/s).
 
 The timing, checking and formatting live in :mod:`shg_fast.benchmarking`; this module parses
 options, prints the table and writes the requested files. Exit status 1 when a variant fails
@@ -31,8 +31,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench", help="time the reference and fast models side by side on this machine",
-        description="Time reference, fast, torch.compile and CUDA-graph variants of the model on the best "
-                    "device present; check their outputs agree; compare with the paper's 75 ms/image.",
+        description="Time reference, fast, torch.compile and CUDA-graph variants of the model, and on a CPU "
+                    "the peers ONNX Runtime and OpenVINO, on the best device present, taking turns call by "
+                    "call; check their outputs against a float64 reference; compare with the paper's "
+                    "75 ms/image and with the best peer.",
     )
     p.add_argument("--device", default="auto", help="auto (GPU if present, else CPU), cpu or cuda")
     p.add_argument("--stacks", type=_args.int_in(1, MAX_STACKS), help=f"hourglass stacks ({defaults('stacks')})")
@@ -40,12 +42,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help=f"input height and width, a multiple of 64 up to {MAX_SIZE} ({defaults('size')})")
     p.add_argument("--batch", help=f"batch sizes, comma-separated, each 1..{MAX_BATCH} ({defaults('batches', joined)})")
     p.add_argument("--dtype", help=f"dtypes from fp32, tf32, bf16, comma-separated ({defaults('dtypes', joined)})")
-    p.add_argument("--variants", help="from reference, fast, compile, cuda_graph, comma-separated "
-                                      f"({defaults('variants', joined)})")
+    p.add_argument("--variants", help="from reference, fast, compile, cuda_graph, onnxruntime, openvino, "
+                                      "comma-separated; the peers onnxruntime and openvino need "
+                                      f"'pip install shg_fast[peers]' ({defaults('variants', joined)})")
     p.add_argument("--warmup", type=_args.int_in(0, MAX_CALLS),
                    help=f"untimed calls before each timing ({defaults('warmup')})")
     p.add_argument("--repeats", type=_args.int_in(1, MAX_CALLS),
                    help=f"timed calls, median reported ({defaults('repeats')})")
+    p.add_argument("--threads", type=_args.int_in(1, 1024),
+                   help="CPU threads for torch and the peers (default: torch's, the cores it sees)")
     quick = default_config("cpu", quick=True)
     p.add_argument("--quick", action="store_true",
                    help=f"a short smoke run: fewer batches and calls (on a CPU: {quick.stacks} stack, "
@@ -118,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
     from shg_fast import benchmarking
 
     config = args.config
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     print(f"shg-fast bench: {config.device}, {config.stacks} stack(s), {config.size}x{config.size}, "
           f"batch {','.join(map(str, config.batches))}, {','.join(config.dtypes)}, "
           f"variants {','.join(config.variants)}")
