@@ -258,3 +258,37 @@ def test_cli_refuses_memory_efficient_reference(capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "--memory-efficient needs --model fast" in err
     assert not (tmp_path / "run").exists()
+
+
+def _ddp_worker(rank, init_file, state, x, target, out_dir):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model = StackedHourglass(1, 16, 3, 1, memory_efficient=True)
+        model.load_state_dict(state)
+        ddp = torch.nn.parallel.DistributedDataParallel(model.train())
+        sum(((o - target.chunk(2)[rank]) ** 2).mean() for o in ddp(x.chunk(2)[rank])).backward()
+        torch.save({n: p.grad for n, p in model.named_parameters()}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    """DDP (gloo, CPU) over the memory-efficient model: each rank's gradients equal one process's gradient
+    of the two halves' mean loss (train-mode BN: statistics per rank, as plain BatchNorm under DDP)."""
+    ref, model = make_pair((1, 16, 3, 1))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, target = inputs(batch=4, joints=3)
+    torch.multiprocessing.spawn(_ddp_worker, args=(str(tmp_path / "init"), state, x, target, str(tmp_path)), nprocs=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: the same conv rounding (BN over 2 values amplifies it)
+    try:
+        halves = [sum(((o - t) ** 2).mean() for o in model(xs)) for xs, t in zip(x.chunk(2), target.chunk(2))]
+        (sum(halves) / 2).backward()
+    finally:
+        torch.set_num_threads(threads)
+    expected = torch.cat([p.grad.flatten() for p in model.parameters()])
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"rank{rank}.pt")
+        assert_close_to_reference(torch.cat([grads[n].flatten() for n, _ in model.named_parameters()]), expected,
+                                  "float32")
