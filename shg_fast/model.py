@@ -158,6 +158,12 @@ class StackedHourglass(reference.StackedHourglass):
     * Training mode (of any submodule), or eval mode while a gradient is needed (grad mode on and
       a parameter or ``x`` requiring grad): the reference computation, so gradients equal the
       reference's.
+    * With ``memory_efficient=True`` (keyword only, an attribute that can be switched; not part of
+      :attr:`config` or the state_dict), training mode runs :mod:`shg_fast.training_ops`: the same
+      outputs, gradients and running statistics up to rounding, with about half the activations
+      saved for backward (BN+ReLU recomputed in backward, max-pool without indices). Blocks whose
+      modules it does not cover (SyncBatchNorm, eval-mode BN, replaced modules) run their own
+      forward; forward hooks on the BN/conv modules of covered blocks are not called.
     * Eval mode without gradients (``torch.no_grad``/``torch.inference_mode``, or frozen
       parameters): the fused plan (:meth:`fused_plan`) in the parameters' dtype, or in the
       autocast dtype when autocast is on for ``x``'s device, run as the

@@ -292,3 +292,29 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         grads = torch.load(tmp_path / f"rank{rank}.pt")
         assert_close_to_reference(torch.cat([grads[n].flatten() for n, _ in model.named_parameters()]), expected,
                                   "float32")
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_kernel_path_of_a_block_matches_float64(monkeypatch, momentum):
+    """The CUDA branch (Triton statistics, recomputation and backward), run in the interpreter on CPU
+    tensors: one Residual's output, gradients and running statistics against float64 nn modules."""
+    monkeypatch.setattr(training_ops, "_use_kernels", lambda x: True)
+    block = randomize_batchnorm(reference.Residual(37, 38), seed=2).train()  # odd channels, projection skip
+    for bn in (block.bn1, block.bn2, block.bn3):
+        bn.momentum = momentum
+    truth = copy.deepcopy(block).double()
+    gen = torch.Generator().manual_seed(5)
+    x, grad = torch.randn(3, 37, 5, 7, generator=gen) * 2 + 1, torch.randn(3, 38, 5, 7, generator=gen)
+    x64, xs = x.double().requires_grad_(), x.clone().requires_grad_()
+    out64, out = truth(x64), training_ops.residual(block, xs)
+    out64.backward(grad.double())
+    out.backward(grad)
+    assert_close_to_reference(out, out64, "float32")
+    assert_close_to_reference(xs.grad, x64.grad, "float32")
+    grads = dict(block.named_parameters())
+    for name, p in truth.named_parameters():
+        if name not in ("conv1.bias", "conv2.bias"):  # biases ahead of a BN: zero gradient up to rounding
+            assert_close_to_reference(grads[name].grad, p.grad, "float32")
+    buffers = dict(block.named_buffers())
+    for name, b in truth.named_buffers():
+        assert_close_to_reference(buffers[name], b, "float32")
