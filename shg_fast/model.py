@@ -36,8 +36,9 @@ import weakref
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch import nn
+from torch.nn import functional as F
 
-from . import reference
+from . import reference, training_ops
 from .plan import FusedPlan, build_plan
 
 __all__ = ["StackedHourglass", "state_generation", "state_key"]
@@ -157,6 +158,12 @@ class StackedHourglass(reference.StackedHourglass):
     * Training mode (of any submodule), or eval mode while a gradient is needed (grad mode on and
       a parameter or ``x`` requiring grad): the reference computation, so gradients equal the
       reference's.
+    * With ``memory_efficient=True`` (keyword only, an attribute that can be switched; not part of
+      :attr:`config` or the state_dict), training mode runs :mod:`shg_fast.training_ops`: the same
+      outputs, gradients and running statistics up to rounding, with about half the activations
+      saved for backward (BN+ReLU recomputed in backward, max-pool without indices). Blocks whose
+      modules it does not cover (SyncBatchNorm, eval-mode BN, replaced modules) run their own
+      forward; forward hooks on the BN/conv modules of covered blocks are not called.
     * Eval mode without gradients (``torch.no_grad``/``torch.inference_mode``, or frozen
       parameters): the fused plan (:meth:`fused_plan`) in the parameters' dtype, or in the
       autocast dtype when autocast is on for ``x``'s device, run as the
@@ -167,14 +174,19 @@ class StackedHourglass(reference.StackedHourglass):
     """
 
     def __init__(self, num_stacks: int = 8, num_features: int = 256, num_joints: int = 16,
-                 num_modules: int = 1, stem: str = "torch7", input_mean=None):
+                 num_modules: int = 1, stem: str = "torch7", input_mean=None, *, memory_efficient: bool = False):
         super().__init__(num_stacks, num_features, num_joints, num_modules, stem, input_mean)
         self._plans = _PlanCache()
+        if not isinstance(memory_efficient, bool):
+            raise TypeError(f"memory_efficient must be a bool, got {memory_efficient!r}")
+        self.memory_efficient = memory_efficient
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         reference.check_input(x)
         cache = self._refresh()
         if cache.training or self._needs_grad(x):
+            if self.memory_efficient and self.training:
+                return self._memory_efficient_forward(x)
             return super().forward(x)
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
@@ -185,6 +197,40 @@ class StackedHourglass(reference.StackedHourglass):
         if x.dtype != dtype:
             raise TypeError(f"input dtype {x.dtype} differs from the model's parameters ({dtype})")
         return self._plan(dtype)(self.normalize_input(x))
+
+    def _memory_efficient_forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The reference computation with fewer tensors saved for backward (:mod:`shg_fast.training_ops`).
+
+        Each block whose modules allow it (:func:`~shg_fast.training_ops.block_reasons`) runs the
+        memory-efficient ops; any other block (SyncBatchNorm, eval-mode BN, replaced modules) its
+        own forward. Each ``lin`` BN+ReLU feeds the heatmap conv and the next stack's
+        ``merge_features`` conv as one conv with the two weights concatenated.
+        """
+        reference.check_input(x, parameter=self.conv1.weight)
+        inter = F.relu(self.bn1(self.conv1(self.normalize_input(x))))
+        inter = training_ops.max_pool_2x2(training_ops.residual(self.r1, inter))
+        inter = training_ops.residual(self.r5, training_ops.residual(self.r4, inter))
+        outputs = []
+        for s in range(self.num_stacks):
+            stream = training_ops.sequence(self.res[s], training_ops.hourglass(self.hg[s], inter))
+            last = s == self.num_stacks - 1
+            convs = [self.out[s]] if last else [self.out[s], self.merge_features[s]]
+            lin = self.lin[s]
+            if type(lin) is not reference.Lin or training_ops.bn_reasons(lin.bn) \
+                    or any(map(training_ops.conv_reasons, convs)):
+                ll = lin(stream)
+                heatmaps, merged = convs[0](ll), None if last else convs[1](ll)
+            else:
+                weight = torch.cat([c.weight for c in convs]) if len(convs) > 1 else convs[0].weight
+                bias = torch.cat([c.bias for c in convs]) if len(convs) > 1 else convs[0].bias
+                z = training_ops.bn_relu_conv(lin.conv(stream), lin.bn, weight, bias, 0)
+                j = self.num_joints
+                heatmaps, merged = (z, None) if last else (z[:, :j].clone(memory_format=torch.preserve_format),
+                                                           z[:, j:])
+            outputs.append(heatmaps)
+            if not last:
+                inter = inter + merged + self.merge_preds[s](heatmaps)
+        return outputs
 
     def _needs_grad(self, x: torch.Tensor) -> bool:
         if not torch.is_grad_enabled():

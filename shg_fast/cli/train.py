@@ -69,6 +69,9 @@ def check(args: argparse.Namespace) -> None:
             sigma = math.nan
         if not (math.isfinite(sigma) and 0 < sigma <= args.res):
             raise CLIError(f"--sigma must be 'torch7' or a positive number of heatmap pixels, got {args.sigma!r}")
+    if args.memory_efficient and args.model != "fast":
+        raise CLIError(f"--memory-efficient needs --model fast (the reference model has no such mode), got --model "
+                       f"{args.model}")
     _args.check_device(args.device)
     if args.data == "mpii":
         _check_mpii(args)
