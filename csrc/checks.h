@@ -121,4 +121,60 @@ inline void check_winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight
   }
 }
 
+// Memory-efficient training ops (CPU): NCHW-contiguous 4-D tensors; per-channel vectors (C,) contiguous in
+// the accumulation dtype (float64 for float64 x, else float32).
+inline void check_nchw(const at::Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be 4-D (N, C, H, W), got ", t.sizes());
+  check_float_dtype(t, op, name);
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be NCHW-contiguous (channels_last runs ATen's ops)");
+}
+
+inline void check_channel_vectors(const at::Tensor& x, std::initializer_list<std::pair<const char*, at::Tensor>> vs,
+                                  const char* op) {
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  for (const auto& [name, v] : vs) {
+    TORCH_CHECK(v.dim() == 1 && v.size(0) == x.size(1) && v.is_contiguous(), op, ": ", name,
+                " must be a contiguous (C,) vector with C = ", x.size(1), ", got ", v.sizes());
+    TORCH_CHECK(v.scalar_type() == acc, op, ": ", name, " must be ", acc, " for x of ", x.scalar_type(), ", got ",
+                v.scalar_type());
+    TORCH_CHECK(v.device() == x.device(), op, ": ", name, " is on ", v.device(), ", x on ", x.device());
+  }
+}
+
+inline void check_bn_relu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
+                          at::ScalarType dtype) {
+  check_nchw(x, "bn_relu", "x");
+  check_channel_vectors(x, {{"scale", scale}, {"shift", shift}}, "bn_relu");
+  const auto s = x.scalar_type();
+  TORCH_CHECK(dtype == s || (s == at::kFloat && (dtype == at::kBFloat16 || dtype == at::kHalf)),
+              "bn_relu: output dtype must be x's (", s, ") or a 16-bit type for float32 x, got ", dtype);
+}
+
+inline void check_bn_relu_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& scale,
+                                   const at::Tensor& shift, const at::Tensor& mean, const at::Tensor& invstd) {
+  check_nchw(x, "bn_relu_backward", "x");
+  check_nchw(grad, "bn_relu_backward", "grad");
+  TORCH_CHECK(grad.sizes() == x.sizes(), "bn_relu_backward: grad ", grad.sizes(), " and x ", x.sizes(),
+              " differ in shape");
+  TORCH_CHECK(grad.device() == x.device(), "bn_relu_backward: grad and x must be on one device");
+  const auto s = x.scalar_type(), g = grad.scalar_type();
+  TORCH_CHECK(g == s || (s == at::kFloat && (g == at::kBFloat16 || g == at::kHalf)),
+              "bn_relu_backward: grad dtype must be x's (", s, ") or a 16-bit type for float32 x, got ", g);
+  TORCH_CHECK(x.size(0) * x.size(2) * x.size(3) > 1,
+              "bn_relu_backward: expected more than 1 value per channel, got input size ", x.sizes());
+  check_channel_vectors(x, {{"scale", scale}, {"shift", shift}, {"mean", mean}, {"invstd", invstd}},
+                        "bn_relu_backward");
+}
+
+inline void check_max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& x) {
+  check_nchw(x, "max_pool2x2_backward", "x");
+  check_nchw(grad, "max_pool2x2_backward", "grad");
+  TORCH_CHECK(grad.scalar_type() == x.scalar_type(), "max_pool2x2_backward: grad dtype ", grad.scalar_type(),
+              " differs from x ", x.scalar_type());
+  TORCH_CHECK(grad.device() == x.device(), "max_pool2x2_backward: grad and x must be on one device");
+  TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == x.size(1) && grad.size(2) == x.size(2) / 2 &&
+                  grad.size(3) == x.size(3) / 2,
+              "max_pool2x2_backward: grad must be (N, C, H // 2, W // 2) for x ", x.sizes(), ", got ", grad.sizes());
+}
+
 }  // namespace shg_fast

@@ -39,6 +39,23 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight_t,
   return cpu::winograd_conv3x3(x, weight_t, bias, relu);
 }
 
+at::Tensor bn_relu_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, at::ScalarType dtype) {
+  check_bn_relu(x, scale, shift, dtype);
+  return cpu::bn_relu(x, scale, shift, dtype);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward_cpu(const at::Tensor& grad, const at::Tensor& x,
+                                                                    const at::Tensor& scale, const at::Tensor& shift,
+                                                                    const at::Tensor& mean, const at::Tensor& invstd) {
+  check_bn_relu_backward(grad, x, scale, shift, mean, invstd);
+  return cpu::bn_relu_backward(grad, x, scale, shift, mean, invstd);
+}
+
+at::Tensor max_pool2x2_backward_cpu(const at::Tensor& grad, const at::Tensor& x) {
+  check_max_pool2x2_backward(grad, x);
+  return cpu::max_pool2x2_backward(grad, x);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(shg_fast, CPU, m) {
@@ -47,6 +64,9 @@ TORCH_LIBRARY_IMPL(shg_fast, CPU, m) {
   m.impl("residual_block", &residual_block_cpu);
   m.impl("winograd_weight", &winograd_weight_cpu);
   m.impl("winograd_conv3x3", &winograd_conv3x3_cpu);
+  m.impl("bn_relu", &bn_relu_cpu);
+  m.impl("bn_relu_backward", &bn_relu_backward_cpu);
+  m.impl("max_pool2x2_backward", &max_pool2x2_backward_cpu);
 }
 
 }  // namespace shg_fast

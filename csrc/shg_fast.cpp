@@ -33,5 +33,17 @@ TORCH_LIBRARY(shg_fast, m) {
   m.def("winograd_conv3x3(Tensor x, Tensor weight_t, Tensor? bias, bool relu) -> Tensor");
   // "avx2+fma" or "baseline": the transforms' instruction set on this CPU (SHG_FAST_CPU_BASELINE=1 forces
   // baseline). No tensor arguments, so one kernel for every device.
+  // Memory-efficient training, CPU only, NCHW-contiguous tensors (shg_fast.training_ops):
+  // bn_relu: relu(x * scale + shift) per channel, in dtype (x's, or 16-bit for float32 x); scale,
+  // shift (C,) float32 (float64 for float64 x). NaN stays NaN.
+  m.def("bn_relu(Tensor x, Tensor scale, Tensor shift, ScalarType dtype) -> Tensor");
+  // bn_relu_backward: (dx, d weight, d bias) of relu(batch_norm(x)) on batch statistics mean/invstd,
+  // given the ReLU output's gradient (x's dtype, or 16-bit for float32 x); the mask is
+  // x * scale + shift > 0. d weight and d bias in scale's dtype.
+  m.def("bn_relu_backward(Tensor grad, Tensor x, Tensor scale, Tensor shift, Tensor mean, Tensor invstd) "
+        "-> (Tensor, Tensor, Tensor)");
+  // max_pool2x2_backward: the input gradient of max_pool2d(x, 2, 2) (floor) given the output's,
+  // the argmax recomputed from x as ATen picks it (first maximum; a NaN wins).
+  m.def("max_pool2x2_backward(Tensor grad, Tensor x) -> Tensor");
   m.def("winograd_isa() -> str", &shg_fast::cpu::winograd_isa);
 }

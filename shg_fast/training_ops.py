@@ -18,9 +18,14 @@ Batch statistics are float32 (float64 for float64 models), also under autocast, 
 runs in the autocast dtype; the running statistics and ``num_batches_tracked`` are updated as
 ``nn.BatchNorm2d`` does (on the CPU by ATen's own ``batch_norm_update_stats``: bit-identical).
 
-Devices (decided up front, never by catching errors): CUDA tensors use the Triton kernels of
-:mod:`shg_fast.ops.bn_train` for the statistics, the recomputation and BN+ReLU's backward; the
-CPU uses ATen's kernels. A block runs this path only when :func:`block_reasons` is empty: its
+Devices (decided up front, never by catching errors; :func:`shg_fast.ops.bn_train.training_backend`):
+CUDA tensors use the Triton kernels of :mod:`shg_fast.ops.bn_train` for the statistics, the
+recomputation and BN+ReLU's backward; NCHW-contiguous CPU tensors its C++ kernels for the
+activation (one pass), BN+ReLU's backward (two passes, the ReLU mask recomputed from ``x``) and
+the max-pool's backward, with ATen's statistics; anything else (channels_last on the CPU, an
+extension without these kernels) ATen's composite ops.
+
+A block runs this path only when :func:`block_reasons` is empty: its
 BNs are plain ``nn.BatchNorm2d`` in training mode with affine parameters and running statistics,
 its convs plain ``nn.Conv2d`` (stride 1, "same" zero padding), float32/float64 parameters.
 Anything else -- ``SyncBatchNorm`` after ``convert_sync_batchnorm``, a BN in eval mode, a
@@ -34,7 +39,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import reference
-from .ops.bn_train import batch_stats, bn_relu, bn_relu_backward, triton_reasons
+from .ops.bn_train import (batch_stats, bn_relu, bn_relu_backward, max_pool2x2_backward, training_backend,
+                           triton_reasons)
 from .ops.upsample_add import upsample_add
 
 __all__ = ["BNReLUConv", "MaxPool2x2", "bn_relu_conv", "max_pool_2x2", "residual", "hourglass", "sequence",
@@ -51,7 +57,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _use_kernels(x: torch.Tensor) -> bool:
+def _triton_statistics(x: torch.Tensor) -> bool:
     return x.device.type == "cuda" and not triton_reasons(x)
 
 
@@ -60,10 +66,10 @@ def _scale_shift(weight, bias, mean, invstd):
     return scale, bias.to(invstd.dtype) - mean * scale
 
 
-def _activation(x, scale, shift, dtype, kernels: bool) -> torch.Tensor:
+def _activation(x, scale, shift, dtype, backend: str) -> torch.Tensor:
     """``relu(x * scale + shift)`` in ``dtype``: the same code in forward and in backward's recomputation."""
-    if kernels:
-        return bn_relu(x, scale, shift, dtype)
+    if backend != "aten":
+        return bn_relu(x, scale, shift, dtype, backend=backend)
     view = (1, -1, 1, 1)
     return torch.addcmul(shift.view(view), x, scale.view(view)).relu_().to(dtype)
 
@@ -80,7 +86,7 @@ class BNReLUConv(torch.autograd.Function):
     def forward(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias, padding: int, dtype: torch.dtype):
         with torch.autocast(x.device.type, enabled=False):
             scale, shift = _scale_shift(bn_weight, bn_bias, mean, invstd)
-            a = _activation(x, scale, shift, dtype, _use_kernels(x))
+            a = _activation(x, scale, shift, dtype, training_backend(x, dtype))
             return F.conv2d(a, conv_weight.to(dtype), None if conv_bias is None else conv_bias.to(dtype),
                             padding=padding)
 
@@ -89,6 +95,7 @@ class BNReLUConv(torch.autograd.Function):
         x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias, padding, dtype = inputs
         ctx.save_for_backward(x, mean, invstd, bn_weight, bn_bias, conv_weight)
         ctx.padding, ctx.dtype, ctx.has_bias = padding, dtype, conv_bias is not None
+        ctx.backend = training_backend(x, dtype)  # forward's choice: backward recomputes with the same code
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -98,26 +105,25 @@ class BNReLUConv(torch.autograd.Function):
             return (None,) * 9
         x, mean, invstd, bn_weight, bn_bias, conv_weight = ctx.saved_tensors
         need_x, _, _, need_bw, need_bb, need_cw, need_cb = ctx.needs_input_grad[:7]
-        kernels = _use_kernels(x)
         with torch.autocast(x.device.type, enabled=False):
             scale, shift = _scale_shift(bn_weight, bn_bias, mean, invstd)
-            a = _activation(x, scale, shift, ctx.dtype, kernels)
+            a = _activation(x, scale, shift, ctx.dtype, ctx.backend)
             weight = conv_weight.to(ctx.dtype)
             grad_a, grad_cw, grad_cb = torch.ops.aten.convolution_backward(
                 grad.to(ctx.dtype), a, weight, [weight.shape[0]] if ctx.has_bias else None, [1, 1],
                 [ctx.padding] * 2, [1, 1], False, [0, 0], 1, [need_x or need_bw or need_bb, need_cw, need_cb])
             dx = dw = db = None
             if grad_a is not None:
-                dx, dw, db = _bn_relu_backward(grad_a, a, x, bn_weight, bn_bias, mean, invstd, kernels,
+                dx, dw, db = _bn_relu_backward(grad_a, a, x, bn_weight, bn_bias, mean, invstd, ctx.backend,
                                                (need_x, need_bw, need_bb))
         return (dx, None, None, dw, db, None if grad_cw is None else grad_cw.to(conv_weight.dtype),
                 None if grad_cb is None else grad_cb.to(conv_weight.dtype), None, None)
 
 
-def _bn_relu_backward(grad_a, a, x, weight, bias, mean, invstd, kernels: bool, mask):
-    """``(dx, d weight, d bias)`` of ``a = relu(BN(x))`` given ``d a``; overwrites ``grad_a`` (and ``a`` on the CPU)."""
-    if kernels:
-        dx, dw, db = bn_relu_backward(grad_a, x, weight, bias, mean, invstd)
+def _bn_relu_backward(grad_a, a, x, weight, bias, mean, invstd, backend: str, mask):
+    """``(dx, d weight, d bias)`` of ``a = relu(BN(x))`` given ``d a``; the "aten" path overwrites ``grad_a``."""
+    if backend != "aten":
+        dx, dw, db = bn_relu_backward(grad_a, x, weight, bias, mean, invstd, backend=backend)
         return dx if mask[0] else None, dw if mask[1] else None, db if mask[2] else None
     # The ReLU's backward in place into grad_a (a fresh tensor of ours); a > 0 exactly where BN(x) > 0.
     grad_y = torch.ops.aten.threshold_backward.grad_input(grad_a, a, 0, grad_input=grad_a).to(x.dtype)
@@ -140,9 +146,7 @@ class MaxPool2x2(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        _, indices = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
-        return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False,
-                                                               indices)
+        return max_pool2x2_backward(grad, x)
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +197,7 @@ def _batch_statistics(bn: nn.BatchNorm2d, x: torch.Tensor) -> tuple[torch.Tensor
     momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     x = x.detach()
     with torch.no_grad():
-        if _use_kernels(x):
+        if _triton_statistics(x):
             mean, var = batch_stats(x)
             count = x.numel() // x.shape[1]
             bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)

@@ -32,4 +32,13 @@ at::Tensor winograd_weight(const at::Tensor& weight);
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
                             bool relu);
 
+// Memory-efficient training (NCHW-contiguous tensors, arguments as the schemas, already checked):
+// relu(x * scale + shift) per channel in dtype; the backward of relu(BN(x)) on batch statistics
+// returning (dx, d weight, d bias) with the sums in scale's dtype; the 2x2/2 max-pool's backward.
+at::Tensor bn_relu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, at::ScalarType dtype);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                                const at::Tensor& scale, const at::Tensor& shift,
+                                                                const at::Tensor& mean, const at::Tensor& invstd);
+at::Tensor max_pool2x2_backward(const at::Tensor& grad, const at::Tensor& x);
+
 }  // namespace shg_fast::cpu

@@ -1,4 +1,4 @@
-"""Training-mode BatchNorm+ReLU pieces: batch statistics, ``relu(BN(x))``, and its backward.
+"""Training-mode BatchNorm+ReLU pieces: batch statistics, ``relu(BN(x))``, its backward, and the max-pool's.
 
 Three functions, each with a Triton implementation (``kernels/bn_train.py``, on CUDA tensors, or
 on CPU ones in Triton's interpreter for testing) and a pure-PyTorch twin written to mirror it:
@@ -9,19 +9,26 @@ on CPU ones in Triton's interpreter for testing) and a pure-PyTorch twin written
   given the gradient of the ReLU output, from ``x`` and the statistics alone (nothing of the
   forward's activations is needed).
 
-All arithmetic is float32 (float64 for float64 inputs in the twins). ``backend="auto"`` takes
-Triton for CUDA tensors and the twin otherwise; the memory-efficient training path
-(:mod:`shg_fast.training_ops`) calls these on CUDA and ATen's own CPU kernels on the CPU.
+:func:`bn_relu` and :func:`bn_relu_backward` also have C++ CPU kernels (``csrc/cpu/bn_train.cpp``,
+backend ``"cpu"``: NCHW-contiguous tensors, one pass forward, two passes backward), and so has
+:func:`max_pool2x2_backward`, the 2x2/2 max-pool's input gradient with the argmax recomputed from
+the input (twin: ATen's own ``max_pool2d_with_indices`` and its backward).
+
+All arithmetic is float32 (float64 for float64 inputs). ``backend="auto"`` takes Triton for CUDA
+tensors, the C++ kernels for CPU tensors they accept (see :func:`cpu_reasons`), the twin otherwise.
+The memory-efficient training path (:mod:`shg_fast.training_ops`) asks :func:`training_backend`.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import _extension
 from ..backends import triton_interpreter
 
-__all__ = ["batch_stats", "bn_relu", "bn_relu_backward", "batch_stats_reference", "bn_relu_reference",
-           "bn_relu_backward_reference", "triton_reasons", "BN_DTYPES"]
+__all__ = ["batch_stats", "bn_relu", "bn_relu_backward", "max_pool2x2_backward", "batch_stats_reference",
+           "bn_relu_reference", "bn_relu_backward_reference", "max_pool2x2_backward_reference", "triton_reasons",
+           "cpu_reasons", "training_backend", "BN_DTYPES"]
 
 #: Storage dtypes of the BN input the kernels read (statistics are float32 whatever it is).
 BN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -50,15 +57,47 @@ def triton_reasons(x: torch.Tensor) -> list[str]:
     return reasons
 
 
-def _use_triton(x: torch.Tensor, backend: str) -> bool:
-    if backend not in ("auto", "triton", "reference"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'reference', got {backend!r}")
-    if backend == "reference":
-        return False
-    reasons = triton_reasons(x)
-    if backend == "triton" and reasons:
-        raise RuntimeError("the triton backend cannot run here: " + "; ".join(reasons))
-    return not reasons and (backend == "triton" or x.device.type == "cuda")
+def cpu_reasons(x: torch.Tensor, other: torch.dtype | None = None, op: str = "bn_relu") -> list[str]:
+    """Why the C++ CPU kernel of ``op`` cannot run on ``x`` (empty when it can).
+
+    ``other`` is the second dtype of the call (bn_relu's output, bn_relu_backward's gradient):
+    x's own, or a 16-bit type with float32 ``x``.
+    """
+    reasons = []
+    if not _extension.has_kernel(op, "CPU"):
+        reasons.append(_extension.load_error() or f"the built extension has no CPU kernel for shg_fast::{op}")
+    if x.device.type != "cpu":
+        reasons.append(f"tensors are on {x.device.type}; the C++ kernels run on the CPU")
+    if x.dim() != 4 or not x.is_contiguous():
+        reasons.append("x is not an NCHW-contiguous 4-D tensor")
+    if x.dtype not in BN_DTYPES + (torch.float64,):
+        reasons.append(f"dtype {x.dtype} is not supported")
+    other = x.dtype if other is None else other
+    if other != x.dtype and not (x.dtype == torch.float32 and other in (torch.float16, torch.bfloat16)):
+        reasons.append(f"dtype pair {x.dtype} / {other} (the second must be x's, or 16-bit for float32 x)")
+    return reasons
+
+
+def _choose(x: torch.Tensor, backend: str, other: torch.dtype | None = None, op: str = "bn_relu") -> str:
+    """The implementation a call runs: "triton", "cpu" or "reference" (decided before any kernel runs)."""
+    if backend not in ("auto", "triton", "cpu", "reference"):
+        raise ValueError(f"backend must be 'auto', 'triton', 'cpu' or 'reference', got {backend!r}")
+    if backend == "auto":
+        if x.device.type == "cuda":
+            return "reference" if triton_reasons(x) else "triton"
+        return "reference" if cpu_reasons(x, other, op) else "cpu"
+    reasons = {"triton": triton_reasons, "cpu": lambda t: cpu_reasons(t, other, op)}.get(backend, lambda t: [])(x)
+    if reasons:
+        raise RuntimeError(f"the {backend} backend cannot run here: " + "; ".join(reasons))
+    return backend
+
+
+def training_backend(x: torch.Tensor, dtype: torch.dtype) -> str:
+    """Which kernels the memory-efficient training path uses for a BN input ``x`` whose ReLU output is
+    ``dtype``: "triton" (CUDA), "cpu" (the C++ kernels) or "aten" (ATen's composite ops)."""
+    if x.device.type == "cuda":
+        return "aten" if triton_reasons(x) else "triton"
+    return "aten" if cpu_reasons(x, dtype) else "cpu"
 
 
 def _ncs(t: torch.Tensor) -> torch.Tensor:
@@ -122,7 +161,18 @@ def bn_relu_backward_reference(grad: torch.Tensor, x: torch.Tensor, weight: torc
     return dx.to(x.dtype), dweight.to(weight.dtype), dbias.to(bias.dtype)
 
 
+def max_pool2x2_backward_reference(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Twin of :func:`max_pool2x2_backward`: ATen's max-pool with indices, then its backward."""
+    _, indices = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
+    return torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+
+
 # ----------------------------------------------------------------------------------------------- launchers
+
+def _acc_vectors(x: torch.Tensor, *vectors: torch.Tensor) -> list[torch.Tensor]:
+    """Per-channel vectors as the C++ kernels take them: contiguous, float32 (float64 for float64 x)."""
+    return [v.to(_acc(x)).contiguous() for v in vectors]
+
 
 def _partial_sums(x: torch.Tensor, center: torch.Tensor, g: torch.Tensor | None = None,
                   scale: torch.Tensor | None = None, shift: torch.Tensor | None = None):
@@ -163,7 +213,9 @@ def batch_stats(x: torch.Tensor, *, backend: str = "auto") -> tuple[torch.Tensor
     Raises ValueError, as BatchNorm does in training, when there is one value per channel.
     """
     _check_positions(x)
-    if not _use_triton(x, backend):
+    if backend == "cpu":
+        raise ValueError("batch_stats has no C++ kernel: backend must be 'auto', 'triton' or 'reference'")
+    if _choose(x, backend) != "triton":
         return batch_stats_reference(x)
     x = _ncs(x)
     center = x[0, :, 0, 0].float().contiguous()
@@ -178,8 +230,12 @@ def bn_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: to
 
     The output has x's memory format. NaN in x stays NaN.
     """
-    if not _use_triton(x, backend):
+    out_dtype = x.dtype if dtype is None else dtype
+    chosen = _choose(x, backend, out_dtype)
+    if chosen == "reference":
         return bn_relu_reference(x, scale, shift, dtype)
+    if chosen == "cpu":
+        return torch.ops.shg_fast.bn_relu(x, *_acc_vectors(x, scale, shift), out_dtype)
     x = _ncs(x)
     out = torch.empty_like(x, dtype=x.dtype if dtype is None else dtype).fill_(float("nan"))
     return _elementwise(x, out, scale.float().contiguous(), shift.float().contiguous())
@@ -192,8 +248,15 @@ def bn_relu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     ``grad`` is the gradient of the ReLU output. The ReLU mask and the normalised input are
     recomputed from ``x``. Returns ``(dx, d weight, d bias)``.
     """
-    if not _use_triton(x, backend):
+    chosen = _choose(x, backend, grad.dtype, "bn_relu_backward")
+    if chosen == "reference":
         return bn_relu_backward_reference(grad, x, weight, bias, mean, invstd)
+    if chosen == "cpu":
+        mean, invstd = _acc_vectors(x, mean, invstd)
+        scale = weight.to(invstd.dtype) * invstd
+        shift = bias.to(invstd.dtype) - mean * scale
+        dx, dweight, dbias = torch.ops.shg_fast.bn_relu_backward(grad.contiguous(), x, scale, shift, mean, invstd)
+        return dx, dweight.to(weight.dtype), dbias.to(bias.dtype)
     x, grad = _ncs(x), _ncs(grad)
     mean, invstd = mean.float().contiguous(), invstd.float().contiguous()
     scale = (weight.float() * invstd).contiguous()
@@ -205,3 +268,42 @@ def bn_relu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, 
     dx = torch.empty_like(x).fill_(float("nan"))
     _elementwise(x, dx, scale, shift, grad, (mean, scale, coef_b.contiguous(), coef_c.contiguous()))
     return dx, (invstd * sum_td).to(weight.dtype), sum_t.to(bias.dtype)
+
+
+def max_pool2x2_backward(grad: torch.Tensor, x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+    """Input gradient of ``F.max_pool2d(x, 2, 2)`` given the output's gradient ``grad``, with no index map:
+    the argmax is recomputed from ``x`` as ATen picks it (first maximum of each window; a NaN wins).
+
+    Backends "cpu" (the C++ kernel: NCHW-contiguous CPU tensors) and "reference" (ATen's pair); "auto"
+    takes the C++ kernel where it can run. Every element of the result is written (zeros outside the
+    argmax and in a dropped last row/column).
+    """
+    if backend not in ("auto", "cpu", "reference"):
+        raise ValueError(f"backend must be 'auto', 'cpu' or 'reference', got {backend!r}")
+    reasons = cpu_reasons(x, op="max_pool2x2_backward") if backend != "reference" else ["reference asked"]
+    if backend == "cpu" and reasons:
+        raise RuntimeError("the cpu backend cannot run here: " + "; ".join(reasons))
+    if reasons:
+        return max_pool2x2_backward_reference(grad, x)
+    return torch.ops.shg_fast.max_pool2x2_backward(grad.contiguous(), x)
+
+
+def _register_fakes() -> None:
+    """Fake kernels of the extension's training ops, so torch.compile can trace the training path."""
+
+    @torch.library.register_fake("shg_fast::bn_relu")
+    def _(x, scale, shift, dtype):
+        return torch.empty_like(x, dtype=dtype, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("shg_fast::bn_relu_backward")
+    def _(grad, x, scale, shift, mean, invstd):
+        return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(scale),
+                torch.empty_like(scale))
+
+    @torch.library.register_fake("shg_fast::max_pool2x2_backward")
+    def _(grad, x):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+if _extension.has_kernel("bn_relu", "CPU"):
+    _register_fakes()

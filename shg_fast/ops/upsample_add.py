@@ -46,8 +46,13 @@ def upsample_add_reference(low: torch.Tensor, skip: torch.Tensor) -> torch.Tenso
 
 
 def _upsample_add_backward_low(grad: torch.Tensor, low_shape: torch.Size) -> torch.Tensor:
-    """Gradient w.r.t. ``low``: the sum of ``grad`` over each 2x2 block (zero-padded at odd edges)."""
+    """Gradient w.r.t. ``low``: the sum of ``grad`` over each 2x2 block (zero-padded at odd edges).
+
+    Even maps (the network's) take ATen's nearest-upsample backward, whose source index floor(dst / 2)
+    is exactly this 2x2 block (several times faster on the CPU than the reshape-and-sum below)."""
     h, w = grad.shape[-2:]
+    if (h, w) == (2 * low_shape[-2], 2 * low_shape[-1]):
+        return torch.ops.aten.upsample_nearest2d_backward(grad, [h, w], list(low_shape), None, None)
     padded = F.pad(grad, (0, 2 * low_shape[-1] - w, 0, 2 * low_shape[-2] - h))
     n, c = grad.shape[:2]
     return padded.reshape(n, c, low_shape[-2], 2, low_shape[-1], 2).sum(dim=(3, 5))

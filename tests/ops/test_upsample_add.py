@@ -56,8 +56,10 @@ def test_nan_and_inf_propagate(backend):
 
 
 @pytest.mark.parametrize("backend", cpu_backends())
-def test_gradients(backend):
-    low, skip = make((2, 3, 5, 7), torch.float64)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (2, 3, 6, 8)])  # odd maps: padded sum; even: ATen's backward
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradients(backend, shape, channels_last):
+    low, skip = make(shape, torch.float64, channels_last)
     low.requires_grad_(True)
     skip.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b: upsample_add(a, b, backend=backend), (low, skip))
