@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shg_fast import StackedHourglass, reference  # noqa: E402
+from shg_fast.ops.bn_train import training_backend  # noqa: E402
 from shg_fast.testing import max_rel_error, randomize_batchnorm  # noqa: E402
 from shg_fast.training_ops import saved_tensor_bytes  # noqa: E402
 
@@ -163,7 +165,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
+    probe = torch.empty(1, 1, 1, 1)
     result = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "load_average_at_start": os.getloadavg(),
+              "cpu_training_kernels": training_backend(probe, probe.dtype),
               "config": {"stacks": args.stacks, "res": args.res, "batch": args.batch, "dtype": "float32"}}
     ratios = result["ratios"] = {}
     if not args.no_memory:
@@ -197,6 +202,7 @@ def main() -> None:
     if not args.no_bf16:
         result["time_autocast_bf16"] = timings(ref, fast, x, target, args.rounds, amp=True)
         ratios["step_time_autocast_bf16"] = result["time_autocast_bf16"]["ratio_fast_over_reference"]
+    result["load_average_at_end"] = os.getloadavg()
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:

@@ -158,12 +158,15 @@ class StackedHourglass(reference.StackedHourglass):
     * Training mode (of any submodule), or eval mode while a gradient is needed (grad mode on and
       a parameter or ``x`` requiring grad): the reference computation, so gradients equal the
       reference's.
-    * With ``memory_efficient=True`` (keyword only, an attribute that can be switched; not part of
-      :attr:`config` or the state_dict), training mode runs :mod:`shg_fast.training_ops`: the same
-      outputs, gradients and running statistics up to rounding, with about half the activations
-      saved for backward (BN+ReLU recomputed in backward, max-pool without indices). Blocks whose
-      modules it does not cover (SyncBatchNorm, eval-mode BN, replaced modules) run their own
-      forward; forward hooks on the BN/conv modules of covered blocks are not called.
+    * Memory-efficient training (``memory_efficient``, keyword only, an attribute that can be
+      switched; not part of :attr:`config` or the state_dict): training mode runs
+      :mod:`shg_fast.training_ops`: the same outputs, gradients and running statistics up to
+      rounding, with about half the activations saved for backward (BN+ReLU recomputed in
+      backward, max-pool without indices). ``None`` (the default) turns it on for CPU inputs,
+      where it was measured no slower than the reference, and off for CUDA inputs, whose Triton
+      training kernels no GPU has run yet; ``True``/``False`` force it on/off everywhere. Blocks
+      whose modules it does not cover (SyncBatchNorm, eval-mode BN, replaced modules) run their
+      own forward; forward hooks on the BN/conv modules of covered blocks are not called.
     * Eval mode without gradients (``torch.no_grad``/``torch.inference_mode``, or frozen
       parameters): the fused plan (:meth:`fused_plan`) in the parameters' dtype, or in the
       autocast dtype when autocast is on for ``x``'s device, run as the
@@ -174,18 +177,34 @@ class StackedHourglass(reference.StackedHourglass):
     """
 
     def __init__(self, num_stacks: int = 8, num_features: int = 256, num_joints: int = 16,
-                 num_modules: int = 1, stem: str = "torch7", input_mean=None, *, memory_efficient: bool = False):
+                 num_modules: int = 1, stem: str = "torch7", input_mean=None, *,
+                 memory_efficient: bool | None = None):
         super().__init__(num_stacks, num_features, num_joints, num_modules, stem, input_mean)
         self._plans = _PlanCache()
-        if not isinstance(memory_efficient, bool):
-            raise TypeError(f"memory_efficient must be a bool, got {memory_efficient!r}")
         self.memory_efficient = memory_efficient
+
+    @property
+    def memory_efficient(self) -> bool | None:
+        """Memory-efficient training: True, False, or None (on for CPU inputs, off for CUDA ones)."""
+        return self._memory_efficient
+
+    @memory_efficient.setter
+    def memory_efficient(self, value: bool | None) -> None:
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"memory_efficient must be True, False or None, got {value!r}")
+        self._memory_efficient = value
+
+    def uses_memory_efficient_training(self, x: torch.Tensor) -> bool:
+        """Whether a training-mode forward on ``x`` runs the memory-efficient path (see ``memory_efficient``)."""
+        if self._memory_efficient is None:
+            return x.device.type == "cpu"
+        return self._memory_efficient
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         reference.check_input(x)
         cache = self._refresh()
         if cache.training or self._needs_grad(x):
-            if self.memory_efficient and self.training:
+            if self.training and self.uses_memory_efficient_training(x):
                 return self._memory_efficient_forward(x)
             return super().forward(x)
         device_type = x.device.type

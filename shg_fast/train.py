@@ -70,9 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="residuals per position")
     g.add_argument("--stem", choices=tuple(STEMS), default=DEFAULT_CONFIG["stem"], action=_Given,
                    help="torch7 (the paper's, default) or bearpaw (bearpaw/anibali's wider stem)")
-    g.add_argument("--memory-efficient", action="store_true",
+    g.add_argument("--memory-efficient", action=argparse.BooleanOptionalAction, default=None,
                    help="with --model fast: save fewer activations for backward (BN+ReLU recomputed, max-pool "
-                        "without indices); same gradients up to rounding")
+                        "without indices); same gradients up to rounding. Default: on for CPU training, off on "
+                        "CUDA (its kernels are not yet measured on a GPU)")
     g = parser.add_argument_group("data")
     g.add_argument("--data", choices=("synthetic", "mpii"), default="synthetic", action=_Given)
     g.add_argument("--annot", help="MPII training annotations (.h5), with --data mpii")
@@ -243,11 +244,12 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model_cfg = {"num_stacks": args.stacks, "num_features": args.features, "num_modules": args.modules,
                  "stem": args.stem, "input_mean": getattr(args, "input_mean", None)}
-    if getattr(args, "memory_efficient", False) and args.model != "fast":
+    memory_efficient = getattr(args, "memory_efficient", None)
+    if memory_efficient and args.model != "fast":
         raise ValueError(f"--memory-efficient needs --model fast, got --model {args.model}")
     model = build_model(args.model, **model_cfg).to(device)
-    if getattr(args, "memory_efficient", False):
-        model.memory_efficient = True
+    if args.model == "fast":
+        model.memory_efficient = memory_efficient
     optimizer = torch.optim.RMSprop(model.parameters(), lr=args.lr)
     history = {"loss": [], "val": [], "epoch_time_s": []}
     start_epoch, skip_steps = 0, 0

@@ -19,9 +19,12 @@ SMALL = (1, 16, 3, 1)
 
 
 def make_pair(num_stacks=2, num_features=32, num_joints=5, num_modules=1, device="cpu"):
-    """A random reference model (non-trivial BN statistics) and a fast model with its weights."""
+    """A random reference model (non-trivial BN statistics) and a fast model with its weights.
+
+    The fast model's memory-efficient training is off: training then runs the reference math,
+    bitwise (the memory-efficient path, the CPU default, is tested in tests/test_training_ops.py)."""
     ref = randomize_bn(reference.StackedHourglass(num_stacks, num_features, num_joints, num_modules)).to(device)
-    fast = StackedHourglass(num_stacks, num_features, num_joints, num_modules).to(device)
+    fast = StackedHourglass(num_stacks, num_features, num_joints, num_modules, memory_efficient=False).to(device)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 

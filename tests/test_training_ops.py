@@ -122,14 +122,27 @@ def test_saves_at_most_the_ratio_of_the_reference():
     assert fast_bytes <= MEMORY_EFFICIENT_SAVED_RATIO * ref_bytes, fast_bytes / ref_bytes
 
 
-def test_off_by_default_and_state_dict_identical_both_ways():
+def test_default_is_on_for_cpu_only_and_state_dict_identical_both_ways():
     ref, fast = make_pair()
-    assert StackedHourglass(*SMALL).memory_efficient is False
+    default = StackedHourglass(*SMALL)
+    assert default.memory_efficient is None
+    assert default.uses_memory_efficient_training(torch.empty(1, 3, 64, 64))
+    assert not default.uses_memory_efficient_training(torch.empty(1, 3, 64, 64, device="meta"))
+    default.memory_efficient = False
+    assert not default.uses_memory_efficient_training(torch.empty(1, 3, 64, 64))
+    default.load_state_dict(ref.state_dict())
+    x, _ = inputs()
+    saved_off, _ = training_ops.saved_tensor_bytes(default.train(), x)
+    default.memory_efficient = None
+    saved_auto, _ = training_ops.saved_tensor_bytes(default, x)
+    assert saved_auto < 0.8 * saved_off  # the default path on the CPU is the memory-efficient one
     assert list(fast.state_dict()) == list(ref.state_dict())
     reference.StackedHourglass(*SMALL).load_state_dict(fast.state_dict(), strict=True)
     StackedHourglass(*SMALL, memory_efficient=True).load_state_dict(ref.state_dict(), strict=True)
     with pytest.raises(TypeError, match="memory_efficient"):
         StackedHourglass(*SMALL, memory_efficient="yes")
+    with pytest.raises(TypeError, match="memory_efficient"):
+        default.memory_efficient = 1
 
 
 def test_eval_mode_is_unchanged():

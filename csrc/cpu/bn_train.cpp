@@ -124,9 +124,9 @@ void max_pool2x2_backward_nchw(const scalar_t* g,  // (planes, Ho, Wo) gradient 
           // Branch-free selects (the window's winner is data-dependent: a branch would mispredict).
           using acc_t = at::opmath_type<scalar_t>;
           const acc_t v[4] = {acc_t(x0[2 * j]), acc_t(x0[2 * j + 1]), acc_t(x0[W + 2 * j]), acc_t(x0[W + 2 * j + 1])};
-          int best = 0;
+          int64_t best = 0;
           acc_t best_v = v[0];
-          for (int q = 1; q < 4; ++q) {
+          for (int64_t q = 1; q < 4; ++q) {
             const bool take = v[q] > best_v || v[q] != v[q];
             best_v = take ? v[q] : best_v;
             best = take ? q : best;
