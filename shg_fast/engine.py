@@ -418,7 +418,7 @@ class _Builder:
         cout, oh, ow = out_shape[1:]
         m = n * oh * ow
         cfg = self.conv_config(m, c1, c2, cout, w.shape[2], w.shape[3], w.element_size(), self.settings.tf32,
-                               self.sms)
+                               self.sms, pool[0] or pool[1])
         steps = self.k_steps(c1, c2, w.shape[2], w.shape[3], cfg["BLOCK_K"], cfg["PACK_TAPS"])
         cfg["SPLIT_K"] = tactics.split_k_default(steps, cfg["SPLIT_K"])  # weighs the reduce launch
         cfg.update(tactic.config)
