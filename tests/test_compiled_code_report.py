@@ -123,14 +123,18 @@ def test_every_miss_is_classified_against_the_latency_floor():
 
 @pytest.mark.parametrize("dtype,mode", [(torch.bfloat16, "bf16"), (torch.float32, "fp32"), (torch.float32, "tf32")],
                          ids=["bf16", "fp32", "tf32"])
-def test_layers_are_the_engine_programs_launches(dtype, mode, monkeypatch):
+def test_layers_are_the_engine_programs_launches(dtype, mode):
     """The report's layers are the engine's GPU program at batch 1 (recorded H200): no max-pool launch, each pooled
     block a '+pool' row, every block on the backend the engine's default rule picks, the same launch count."""
     from shg_fast import StackedHourglass
     from shg_fast.engine import build_program, recorded_gpu
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", mode == "tf32")
-    program = build_program(StackedHourglass().eval().fused_plan().to(dtype), 1, 256, 256, caps=recorded_gpu())
+    old = torch.backends.cuda.matmul.allow_tf32  # a property on torch 2.11: no monkeypatch.setattr
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    try:
+        program = build_program(StackedHourglass().eval().fused_plan().to(dtype), 1, 256, 256, caps=recorded_gpu())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
     assert not [s for s in program.steps if s.op == "max_pool"]
     rows, totals = report.layer_report()
     assert totals[f"{mode}/batch1"]["launches"] == program.launch_count
