@@ -12,11 +12,14 @@ Two parts, written to ``benchmarks/results/compiled-code.json``:
     variant its path (tensor_core / exact), ldmatrix and cp.async counts, and per tile size the
     dynamic shared memory and CTAs per SM of the 256 -> 256 block.
 ``layers`` / ``predicted_ms``
-    per layer of the network a roofline (FLOPs, DRAM bytes, the time at the H200's rates) and a
-    predicted time of our kernels (shg_fast/predictions.py: Triton convs as padded tiles in waves
-    over 132 SMs; the CUDA block kernel with its tiling, mma.sync rate and weight-chunk latency;
-    a 2 us launch floor); residual blocks on the backend the default rule predicts faster.
-    Summed per dtype and batch. PREDICTIONS: no GPU has run these kernels.
+    per layer of the network (every launch of the engine's GPU program: max-pools read by the
+    block after them, '+pool' rows) a roofline (FLOPs, DRAM bytes, the time at the H200's rates),
+    a predicted time of our kernels (shg_fast/predictions.py: Triton convs as padded tiles in
+    waves over 132 SMs; the CUDA block kernel with its tiling, mma.sync rate, streamed or resident
+    weights; a 2 us launch floor), the latency floor of any one-launch kernel for the layer, and
+    each miss of "within 2x of the roofline" classified (below that floor, or kernel
+    inefficiency); residual blocks on the backend the default rule predicts faster. Summed per
+    dtype and batch. PREDICTIONS: no GPU has run these kernels.
 
 The tactic candidates per distinct layer shape x dtype x batch (for the engine) go to
 ``benchmarks/results/tactic-candidates.json``, with the default rule's choice.
@@ -447,7 +450,11 @@ def write_report(path: pathlib.Path, new_kernels: list[dict] | None, new_cuda: l
              "roofline_us and predicted_us are computed from FLOPs, bytes and the rates and assumptions below "
              "(shg_fast/predictions.py). Residual blocks: 'backend' is the default rule's choice, the faster "
              "PREDICTION of the whole-block CUDA kernel ('cuda') and the three Triton convs ('triton'); both "
-             "models count MMA waves, DRAM bytes and the L2 latency of their pipelined loads.",
+             "models count MMA waves, DRAM bytes and the L2 latency of their pipelined loads. latency_floor_us: "
+             "the least time of any one-launch kernel for the layer under the same assumptions; 'miss' says "
+             "whether a predicted time over 2x the roofline is 'below the single-launch latency floor' (no "
+             "per-layer kernel can meet 2x) or 'kernel inefficiency' (a better kernel could); goals."
+             "predicted_misses / kernel_misses list them.",
         rates=RATES, kernels=kernels, cuda_kernels=cuda, predicted_ms=totals, goals=goals(kernels, cuda, rows),
         layers=rows)
     path.parent.mkdir(parents=True, exist_ok=True)
