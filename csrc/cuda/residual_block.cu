@@ -40,12 +40,13 @@
 // chunk round trips; nothing overlaps the MMAs with loads afterwards.
 //
 // Programmatic dependent launch (sm_90+): the launcher lets the grid start while the previous
-// kernel on the stream still runs; before griddepcontrol.wait a CTA only prefetches its weight
-// share into L2 (cp.async.bulk.prefetch.L2: no data reaches the CTA, so a previous kernel that
-// writes the weights cannot be read stale), then waits for the previous grid's completion and
-// memory flush, then lets the next kernel's CTAs start (griddepcontrol.launch_dependents) and
-// reads x. Correct on a plain stream and in a CUDA graph (the attribute becomes a programmatic
-// edge), and transitively: every grid triggers its dependents only after its own wait.
+// kernel on the stream still runs. Before griddepcontrol.wait a CTA with resident weights only
+// prefetches its share into L2 (cp.async.bulk.prefetch.L2: no data reaches the CTA, so weights
+// the previous kernel writes cannot be read stale); then every CTA waits for the previous grid's
+// completion and memory flush, lets the next kernel's CTAs start
+// (griddepcontrol.launch_dependents) and reads x. Correct on a plain stream and in a CUDA graph
+// (the attribute becomes a programmatic edge), and transitively: every grid triggers its
+// dependents only after its own wait.
 //
 // Exact path (fp64; fp32 without TF32; channel counts the tensor-core path does not take; x or
 // weights not 16-byte aligned): the same stages with one thread per output element and weights
@@ -54,7 +55,8 @@
 //
 // Without a GPU this was checked by a float64 emulation of the tiling, cluster slices, gathers
 // and the ldmatrix / mma.sync fragment layouts of the PTX ISA against the reference (odd sizes,
-// partial tiles, pool_input with NaN, R = 1..4, multi-pass and multi-chunk GEMMs).
+// partial tiles, pool_input with NaN, R = 1..4, multi-pass and multi-chunk GEMMs); the resident
+// weights and the programmatic launch came later and are compile-checked only.
 #include <cooperative_groups.h>
 
 #include <type_traits>
@@ -451,8 +453,8 @@ __device__ __forceinline__ void exact_gemm(int M, int n_begin, int n_count, int 
 
 // grid.x = N * tiles_per_image * R, clusters of R consecutive CTAs (one tile); blockDim.x = kThreads.
 // Launched as a programmatic dependent launch on sm_90+ (see the launcher): before
-// grid_dependency_wait() the kernel only prefetches its weights into L2; it reads nothing into
-// registers or shared memory and writes nothing.
+// grid_dependency_wait() the kernel at most prefetches its resident weights into L2; it reads
+// nothing into registers or shared memory and writes nothing.
 template <typename T, bool kMma>
 __global__ void __launch_bounds__(kThreads) residual_block_kernel(
     Params<T> p) {  // pointers (as shg_residual_block_args in launchers.h), sizes and the chosen tiling
@@ -502,17 +504,21 @@ __global__ void __launch_bounds__(kThreads) residual_block_kernel(
   // The CTA's weight share as regions of rows (w1, w2's 9 taps, w3, ws): visit(rows, bytes per row, global row r,
   // shared row r). Every loop below spreads a region's rows or 16-byte pieces over the threads.
   auto each_share_region = [&](auto visit) {
-    visit(mid_slice, in_bytes(0), [&](int r) { return b_w1(0, rank * mid_slice + r); }, [&](int r) { return r_w1(0, r); });
+    visit(mid_slice, in_bytes(0), [&](int r) { return b_w1(0, rank * mid_slice + r); },
+          [&](int r) { return r_w1(0, r); });
     visit(9 * mid_slice, mid_bytes(0), [&](int r) { return b_w2(r / mid_slice, rank * mid_slice + r % mid_slice); },
           [&](int r) { return r_w2(r / mid_slice, r % mid_slice); });
     for (int s = 0; s < d_segments; ++s) {
-      visit(out_slice, d_bytes(s), [&](int r) { return b_d(s, rank * out_slice + r); }, [&](int r) { return r_d(s, r); });
+      visit(out_slice, d_bytes(s), [&](int r) { return b_d(s, rank * out_slice + r); },
+            [&](int r) { return r_d(s, r); });
     }
   };
-  // Before the wait, only an L2 prefetch of the CTA's weight share: L2 is where every SM's writes become
+  // Before the wait, only an L2 prefetch of a resident weight share: L2 is where every SM's writes become
   // coherent, so a prefetch can bring in no stale data even if the previous kernel wrote the weights; the copies
-  // to shared memory wait (the previous kernel's writes may still be in flight when this grid starts).
-  if (kMma) {
+  // to shared memory wait (the previous kernel's writes may still be in flight when this grid starts). Streamed
+  // shares are not prefetched: their launches run many CTAs per weight row (large maps or batches), whose
+  // prefetches would repeat each row's L2 requests.
+  if (resident) {
     each_share_region([&](int rows, int bytes, auto src, auto) {
       for (int r = threadIdx.x; r < rows; r += kThreads) prefetch_l2(src(r), bytes);
     });
@@ -527,7 +533,8 @@ __global__ void __launch_bounds__(kThreads) residual_block_kernel(
       const int pieces = bytes / 16;
       for (int e = threadIdx.x; e < rows * pieces; e += kThreads) {
         const int r = e / pieces, q = e % pieces;
-        cp_async16(const_cast<unsigned char*>(dst(r)) + q * 16, reinterpret_cast<const unsigned char*>(src(r)) + q * 16);
+        cp_async16(const_cast<unsigned char*>(dst(r)) + q * 16,
+                   reinterpret_cast<const unsigned char*>(src(r)) + q * 16);
       }
     });
     cp_async_commit();
@@ -722,11 +729,12 @@ LaunchPlan plan_launch(const shg_residual_block_args& a, shg_dtype dtype, int sm
 }
 
 // Launched with programmatic stream serialization on sm_90+ (`pdl`): the grid may start while the previous
-// kernel on the stream runs; the kernel prefetches its weights into L2, then griddepcontrol.wait holds every
-// thread until that kernel has completed and its writes are visible, before the first read of x, upsample or
-// any weight and before any write. The previous kernel's CTAs that call griddepcontrol.launch_dependents let
-// this grid start early; one that never does (any non-PDL kernel) lets it start when it exits. The same
-// attribute becomes a programmatic edge when a CUDA graph captures the stream (CUDA 12.3+), with the same wait.
+// kernel on the stream runs; CTAs with resident weights prefetch them into L2, then griddepcontrol.wait holds
+// every thread until that kernel has completed and its writes are visible, before the first read of x,
+// upsample or any weight and before any write. The previous kernel's CTAs that call
+// griddepcontrol.launch_dependents let this grid start early; one that never does (any non-PDL kernel) lets it
+// start when it exits. The same attribute becomes a programmatic edge when a CUDA graph captures the stream
+// (CUDA 12.3+), with the same wait.
 template <typename T, bool kMma>
 cudaError_t launch(const Params<T>& p, unsigned blocks, size_t smem, bool pdl, cudaStream_t stream) {
   auto kernel = residual_block_kernel<T, kMma>;
@@ -836,5 +844,6 @@ extern "C" cudaError_t shg_residual_block(const shg_residual_block_args* args, s
   if (err != cudaSuccess) return err;
   const LaunchPlan plan = plan_launch(a, dtype, sms, smem_limit, major >= 9);
   if (plan.tiling.S == 0 || a.N * plan.tiling.tiles_per_image * plan.tiling.R > kInt32Max) return cudaErrorInvalidValue;
-  return dispatch_dtype(dtype, [&](auto tag) { return launch_typed<decltype(tag)>(a, dtype, plan, major >= 9, stream); });
+  return dispatch_dtype(dtype,
+                        [&](auto tag) { return launch_typed<decltype(tag)>(a, dtype, plan, major >= 9, stream); });
 }
