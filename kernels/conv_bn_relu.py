@@ -274,7 +274,7 @@ def k_steps(c1: int, c2: int, kh: int, kw: int, block_k: int, pack_taps: bool) -
 
 
 def conv_config(m: int, c1: int, c2: int, c_out: int, kh: int, kw: int, element_size: int, tf32: bool,
-                sms: int = H200_SMS) -> dict:
+                sms: int = H200_SMS, pooled: bool = False) -> dict:
     """Tiles, warps, pipeline depth and split-K of one conv launch (a rule, not measured on a GPU).
 
     ``m`` output pixels (N * OH * OW), ``c1`` + ``c2`` input channels, ``c_out`` outputs, a
@@ -283,7 +283,10 @@ def conv_config(m: int, c1: int, c2: int, c_out: int, kh: int, kw: int, element_
     spills for sm_90a (scripts/compiled_code_report.py): 16-bit and TF32 tiles are warpgroup-MMA
     shaped (BLOCK_M 64 or 128 per 4 warps); exact float32 runs on FMA units with a smaller tile.
     When the output tiles would leave SMs idle, the tiles shrink to 64 x 64 and then split-K
-    divides K (each share at least MIN_STEPS_PER_SPLIT steps).
+    divides K (each share at least MIN_STEPS_PER_SPLIT steps). ``pooled`` (x or x2 read 2x2
+    max-pooled): BLOCK_K is halved, since the software pipeline stages each of a window's four
+    loads in shared memory (with the full BLOCK_K the 16-bit 128 x 128 tile needs 279 KB, over
+    sm_90's 227 KB, and the 128 x 64 one 238 KB and spills).
     """
     pack = c2 == 0 and c1 < 16 and kh * kw > 1
     if element_size >= 4 and not tf32:
@@ -302,6 +305,8 @@ def conv_config(m: int, c1: int, c2: int, c_out: int, kh: int, kw: int, element_
         warps = max(warps, block_m // 16)
     else:
         block_k = max(16, min(block_k, triton.next_power_of_2(max(c1, c2))))
+    if pooled:
+        block_k = max(16, block_k // 2)
     steps = k_steps(c1, c2, kh, kw, block_k, pack)
     tiles = triton.cdiv(m, block_m) * triton.cdiv(c_out, block_n)
     split = 1

@@ -66,7 +66,7 @@ def read_cubin(cubin: bytes) -> dict:
     finally:
         os.unlink(path)
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", usage))
-    opcodes = re.findall(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass)
+    opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass)
     family = next((f for f in TENSOR_CORE_FAMILIES if f in opcodes), None)
     return dict(registers=int(fields.get("REG", 0)), stack_bytes=int(fields.get("STACK", 0)),
                 local_bytes=int(fields.get("LOCAL", 0)),
@@ -139,7 +139,7 @@ def conv_launch(conv: dict, batch: int, mode: str) -> dict:
     pad = k // 2
     in_size = size * stride
     m = batch * size * size
-    cfg = conv_config(m, c1, c2, c_out, k, k, elem, tf32)
+    cfg = conv_config(m, c1, c2, c_out, k, k, elem, tf32, pooled=pool_x or pool_x2)
     c_in = c1 + c2
 
     def nhwc(c, s):  # strides n, c, h, w of an NHWC tensor

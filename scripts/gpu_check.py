@@ -106,16 +106,19 @@ def _rand(*shape, dtype=torch.float32):
     return (torch.rand(*shape, device=DEVICE) * 2 - 1).to(dtype)
 
 
-def block_predictions(cin: int, cout: int, h: int, w: int, dtype_name: str, batch: int) -> dict:
+def block_predictions(cin: int, cout: int, h: int, w: int, dtype_name: str, batch: int, pool: bool = False) -> dict:
     """PREDICTED ms per batch of one residual block on an H200 per backend (shg_fast.predictions), and the
-    CUDA kernel's tiling, to stand next to the measurement (square maps: max(h, w))."""
+    CUDA kernel's tiling (with whether its CTAs hold their whole weight share: ``resident``, else ``streamed``),
+    to stand next to the measurement (square maps: max(h, w); ``pool``: the input read 2x2 max-pooled)."""
     from shg_fast.predictions import block_prediction, triton_block_prediction
 
     size = max(h, w)
-    cuda = block_prediction(cin, cout, size, batch, dtype_name, upsample=False)
-    triton = triton_block_prediction(cin, cout, size, batch, dtype_name, upsample=False)
+    cuda = block_prediction(cin, cout, size, batch, dtype_name, False, pool)
+    triton = triton_block_prediction(cin, cout, size, batch, dtype_name, False, pool)
+    config = cuda["config"]
+    weights = "resident" if config["resident_weights"] else "streamed"
     return {"cuda": dict(predicted_ms=cuda["predicted_us"] / 1e3, roofline_ms=cuda["roofline_us"] / 1e3,
-                         tiling=f"S{cuda['config']['tile']} R{cuda['config']['cluster']}"),
+                         tiling=f"S{config['tile']} R{config['cluster']} {weights}"),
             "triton": dict(predicted_ms=triton["predicted_us"] / 1e3, roofline_ms=cuda["roofline_us"] / 1e3),
             "aten": dict(roofline_ms=cuda["roofline_us"] / 1e3)}
 
@@ -157,7 +160,7 @@ def _op_cases(plan: dict, smoke: bool):
                     lambda: residual_block_reference(x, block64, pool_input=True), flops)
         yield ("residual_block_pool_input", f"{cin}->{cout} @ {h}x{w} (pooled from {2 * h + 1}x{2 * w + 1})", make_pool,
                lambda dtype_name, batch, cin=cin, cout=cout, h=h, w=w: block_predictions(cin, cout, h, w, dtype_name,
-                                                                                         batch))
+                                                                                         batch, pool=True))
     sizes = (8,) if smoke else (64,)
     for s in (8,) if smoke else (64, 32, 16, 8):
         def make_up(dtype, batch, s=s):

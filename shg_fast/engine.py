@@ -418,7 +418,7 @@ class _Builder:
         cout, oh, ow = out_shape[1:]
         m = n * oh * ow
         cfg = self.conv_config(m, c1, c2, cout, w.shape[2], w.shape[3], w.element_size(), self.settings.tf32,
-                               self.sms)
+                               self.sms, pool[0] or pool[1])
         steps = self.k_steps(c1, c2, w.shape[2], w.shape[3], cfg["BLOCK_K"], cfg["PACK_TAPS"])
         cfg["SPLIT_K"] = tactics.split_k_default(steps, cfg["SPLIT_K"])  # weighs the reduce launch
         cfg.update(tactic.config)
@@ -515,7 +515,7 @@ class _Builder:
         if choice.gpu_engine:
             tactic = choice.table("residual_block", key)
             if tactic is None:
-                tactic = self._default_gpu_block(block, h, w, upsample is not None)
+                tactic = self._default_gpu_block(block, h, w, upsample is not None, pool_input)
             if pool_input and tactic.backend == "cuda":
                 tactic = dataclasses.replace(tactic, reason=tactic.reason + "; the max-pool before it fused (read as x "
                                                                             "loads)")
@@ -530,7 +530,7 @@ class _Builder:
             return self._cpu_block(name, key, x, block, upsample, out_shape)
         return self._ops_block(name, key, x, block, upsample, out_shape)
 
-    def _default_gpu_block(self, block: FoldedResidual, h: int, w: int, upsample: bool) -> Tactic:
+    def _default_gpu_block(self, block: FoldedResidual, h: int, w: int, upsample: bool, pool_input: bool) -> Tactic:
         choice = self.choice
         cuda_why = None
         if choice.cuda_ok:
@@ -538,7 +538,7 @@ class _Builder:
             need = cuda_smem_bytes(probe, block)
             if need <= self.caps.smem_per_block:
                 rule = tactics.default_residual_block(block.in_channels, block.out_channels, h, w, self.dtype, self.batch,
-                                                      tf32=self.settings.tf32, upsample=upsample)
+                                                      tf32=self.settings.tf32, upsample=upsample, pool_input=pool_input)
                 if rule.backend == "cuda" or not choice.triton_ok:
                     return Tactic("cuda", f"{rule.reason}; whole-block CUDA kernel, {need} B of shared memory fits")
                 return rule

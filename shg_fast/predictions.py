@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 __all__ = ["MATRIX_TFLOPS", "COPY_TBPS", "LAUNCH_FLOOR_US", "ELEMENT_SIZE", "ASSUMPTIONS", "RATES",
-           "conv_prediction", "block_prediction", "triton_block_prediction"]
+           "conv_prediction", "block_prediction", "triton_block_prediction", "latency_floor_us", "classify_miss",
+           "BELOW_LATENCY_FLOOR", "KERNEL_INEFFICIENCY"]
 
 H200_SMS = 132
 H200_SMEM_OPTIN = 232448  # bytes of shared memory one block may opt in to
@@ -31,7 +32,7 @@ ASSUMPTIONS = dict(
     l2_latency_us=0.5,          # one cp.async chunk round trip from L2 (~1000 cycles at 1.98 GHz)
     sm_l2_bytes_per_us=126720,  # one SM's L2 read bandwidth: 64 B/clock at 1.98 GHz
     cluster_barrier_us=0.2,     # one cluster barrier plus its DSMEM gather's latency
-    registers=124,              # the tensor-core kernel's registers per thread (ptxas, sm_90a)
+    registers=124,              # the tensor-core kernel's registers per thread (ptxas, sm_90a: 123-124)
 )
 RATES = dict(matrix_tflops=MATRIX_TFLOPS, copy_tbps=COPY_TBPS, launch_floor_us=LAUNCH_FLOOR_US,
              cuda_block_model=ASSUMPTIONS,
@@ -44,14 +45,47 @@ def _roofline_us(flops: float, bytes_: float, mode: str) -> float:
     return max(flops / (MATRIX_TFLOPS[mode] * 1e12), bytes_ / (COPY_TBPS * 1e12)) * 1e6
 
 
+BELOW_LATENCY_FLOOR = "below the single-launch latency floor"
+KERNEL_INEFFICIENCY = "kernel inefficiency"
+
+
+def latency_floor_us(flops: float, bytes_: float, mode: str, launch: bool = True) -> float:
+    """The least time any ONE-launch kernel computing a layer could take under this model's assumptions.
+
+    Its first operands arrive one ``l2_latency_us`` round trip after it starts (an ideal kernel
+    requests its input and every weight at once; a block's intermediates stay on chip, their
+    dependent stages costing nothing more), then its FLOPs take at least their time at the full
+    matrix rate of all 132 SMs; its DRAM bytes take at least their time at the copy bandwidth
+    (overlapped with both). With ``launch``, at least :data:`LAUNCH_FLOOR_US`: the model applies
+    the launch floor as the least duration of any kernel in a graph replay (ramp-up and drain),
+    not as an added cost, so the floor does the same.
+    """
+    compute_us = ASSUMPTIONS["l2_latency_us"] + flops / (MATRIX_TFLOPS[mode] * 1e12) * 1e6
+    floor = max(compute_us, bytes_ / (COPY_TBPS * 1e12) * 1e6)
+    return max(floor, LAUNCH_FLOOR_US) if launch else floor
+
+
+def classify_miss(time_us: float, roofline_us: float, floor_us: float) -> str | None:
+    """Why ``time_us`` misses "within 2x of the roofline" (None when it does not miss).
+
+    :data:`BELOW_LATENCY_FLOOR` when the floor itself is over 2x the roofline (no one-launch kernel
+    per layer can meet the goal; only fusing layers into fewer launches can), else
+    :data:`KERNEL_INEFFICIENCY` (a better kernel could).
+    """
+    if time_us <= 2.0 * roofline_us:
+        return None
+    return BELOW_LATENCY_FLOOR if floor_us > 2.0 * roofline_us else KERNEL_INEFFICIENCY
+
+
 def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
     """FLOPs, DRAM bytes, roofline and the Triton conv's predicted time for one launch.
 
     ``conv``: ``k``, ``stride``, ``c1``, ``c2`` (second GEMM input, 0 if none), ``c_out``, output
-    ``size``, flags ``residual`` and ``upsample``. The kernel's time is its padded tiles
+    ``size``, flags ``residual`` and ``upsample``, optional ``pool_x`` / ``pool_x2`` / ``pool_res``
+    (that input read 2x2 max-pooled: four times its bytes). The kernel's time is its padded tiles
     (``conv_config``) in waves over 132 SMs, each CTA the slower of its MMA work at the matrix
-    rate and its K loop's load latency (``num_stages - 1`` steps in flight, ``l2_latency_us``
-    each), at least the DRAM time.
+    rate after one ``l2_latency_us`` round trip (its first operands) and its K loop's load latency
+    (``num_stages - 1`` steps in flight, ``l2_latency_us`` each), at least the DRAM time.
     """
     from .kernels.conv_bn_relu import conv_config
     from .tactics import split_k_default
@@ -61,11 +95,13 @@ def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
     m = batch * size * size
     in_size = size * conv["stride"]
     flops = 2.0 * m * c_out * k * k * (c1 + c2)
-    bytes_ = elem * (batch * in_size * in_size * (c1 + c2) + c_out * (c1 + c2) * k * k + m * c_out
-                     * (1 + conv["residual"]) + (batch * ((size + 1) // 2) ** 2 * c_out if conv["upsample"] else 0))
+    reads = {name: 4 if conv.get(f"pool_{name}", False) else 1 for name in ("x", "x2", "res")}
+    bytes_ = elem * (batch * in_size * in_size * (c1 * reads["x"] + c2 * reads["x2"]) + c_out * (c1 + c2) * k * k
+                     + m * c_out * (1 + conv["residual"] * reads["res"])
+                     + (batch * ((size + 1) // 2) ** 2 * c_out if conv["upsample"] else 0))
     rate = MATRIX_TFLOPS[mode] * 1e12
     roofline_us = _roofline_us(flops, bytes_, mode)
-    cfg = conv_config(m, c1, c2, c_out, k, k, elem, mode == "tf32")
+    cfg = conv_config(m, c1, c2, c_out, k, k, elem, mode == "tf32", pooled=reads["x"] > 1 or reads["x2"] > 1)
     bm, bn, bk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"]
     steps = (math.ceil(k * k * c1 / bk) if cfg["PACK_TAPS"] else
              k * k * (math.ceil(c1 / bk) + (math.ceil(c2 / bk) if c2 else 0)))
@@ -73,9 +109,10 @@ def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
     ctas = math.ceil(m / bm) * math.ceil(c_out / bn) * split
     cta_steps = math.ceil(steps / split)
     mma_us = 2.0 * bm * bn * bk * cta_steps / (rate / H200_SMS) * 1e6
-    # The K loop's loads: num_stages - 1 steps in flight, each an L2 round trip (as the CUDA block model).
+    # The K loop's loads: num_stages - 1 steps in flight, each an L2 round trip (as the CUDA block model); the
+    # MMAs start one round trip in, when the first operands arrive.
     latency_us = cta_steps * ASSUMPTIONS["l2_latency_us"] / max(1, cfg["num_stages"] - 1)
-    cta_us = max(mma_us, latency_us)
+    cta_us = max(mma_us + ASSUMPTIONS["l2_latency_us"], latency_us)
     partial_bytes = 2 * 4 * split * m * c_out if split > 1 else 0
     kernel_us = max(math.ceil(ctas / H200_SMS) * cta_us, (bytes_ + partial_bytes) / (COPY_TBPS * 1e12) * 1e6)
     launches = 2 if split > 1 else 1
@@ -86,52 +123,65 @@ def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
                 config={**cfg, "ctas": ctas})
 
 
-def triton_block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsample: bool) -> dict:
-    """A residual block as the three Triton convs (projection skip as the last conv's second input)."""
+def triton_block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsample: bool,
+                            pool: bool = False) -> dict:
+    """A residual block as the three Triton convs (projection skip as the last conv's second input);
+    ``pool``: the block reads its input 2x2 max-pooled (conv1's x and the skip)."""
     mid = cout // 2
     base = dict(stride=1, size=size, residual=False, upsample=False)
-    convs = [dict(base, k=1, c1=cin, c2=0, c_out=mid), dict(base, k=3, c1=mid, c2=0, c_out=mid),
+    convs = [dict(base, k=1, c1=cin, c2=0, c_out=mid, pool_x=pool), dict(base, k=3, c1=mid, c2=0, c_out=mid),
              dict(base, k=1, c1=mid, c2=cin if cin != cout else 0, c_out=cout, residual=cin == cout,
-                  upsample=upsample)]
+                  upsample=upsample, pool_x2=pool and cin != cout, pool_res=pool and cin == cout)]
     parts = [conv_prediction(c, batch, mode) for c in convs]
     return dict(kernel_us=sum(p["kernel_us"] for p in parts), predicted_us=sum(p["predicted_us"] for p in parts),
                 launches=sum(p["launches"] for p in parts))
 
 
-def _block_flops_bytes(cin, cout, size, batch, mode, upsample):
+def _block_flops_bytes(cin, cout, size, batch, mode, upsample, pool):
     mid, elem = cout // 2, ELEMENT_SIZE[mode]
     m = batch * size * size
     proj = cin != cout
     flops = 2.0 * m * (cin * mid + 9 * mid * mid + mid * cout + (cin * cout if proj else 0))
     weights = cin * mid + 9 * mid * mid + cout * mid + (cin * cout if proj else 0)
-    bytes_ = elem * (m * cin + m * cout + weights + (batch * ((size + 1) // 2) ** 2 * cout if upsample else 0))
+    bytes_ = elem * (m * cin * (4 if pool else 1) + m * cout + weights + (batch * ((size + 1) // 2) ** 2 * cout if upsample else 0))
     return flops, bytes_
 
 
-def block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsample: bool) -> dict:
+def block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsample: bool,
+                     pool: bool = False) -> dict:
     """Roofline of one residual block and the whole-block CUDA kernel's predicted time (PREDICTIONS).
 
-    Tiling as the launcher picks it on an H200 (:func:`shg_fast.ops.cuda_backend.block_tiling`):
-    ``ctas`` = tiles x R in waves of 132 x CTAs-per-SM (registers and shared memory). Per CTA, the
-    slowest of: its MMA work (warp tiles padded to 16 rows x 32 columns) at
-    ``mma_sync_fraction`` of the matrix rate shared by the CTAs of one SM; its weight chunks
-    (``kStages - 1`` in flight, each an ``l2_latency_us`` round trip) and its bytes at one SM's
-    L2 bandwidth; plus the halo load and, with clusters, three barriers. Exact fp32 (TF32 off)
-    takes the scalar path, modelled at a quarter of the fp32 FMA rate (operands from shared
-    memory and L1, one load per FMA).
+    Tiling and shared memory as the launcher picks them on an H200
+    (:func:`shg_fast.ops.cuda_backend.block_tiling`, :func:`~shg_fast.ops.cuda_backend.block_launch_smem`):
+    ``ctas`` = tiles x R in waves of 132 x CTAs-per-SM (registers and shared memory). Per CTA:
+
+    * streamed weights: the slower of its MMA work (warp tiles padded to 16 rows x 32 columns) at
+      ``mma_sync_fraction`` of the matrix rate shared by the CTAs of one SM, and its weight chunks
+      (``kStages - 1`` in flight, each an ``l2_latency_us`` round trip) or its bytes at one SM's L2
+      bandwidth; plus the halo load (one round trip and its bytes);
+    * resident weights (the whole share requested at the start with x): one ``l2_latency_us`` round
+      trip and the weights' and halo's bytes at the SM's L2 bandwidth, then the MMA work (nothing
+      left to overlap it with);
+
+    plus, with clusters, three barriers. ``pool``: the halo is read 2x2 max-pooled (four times its
+    bytes). The kernel is a programmatic dependent launch whose L2 prefetch of the weights may
+    overlap the previous kernel; that overlap is NOT credited (the 2 us launch floor stays whole):
+    how much it hides is for a GPU to measure. Exact fp32 (TF32 off) takes the scalar path,
+    modelled at a quarter of the fp32 FMA rate (operands from shared memory and L1, one load per FMA).
     """
-    from .ops.cuda_backend import block_smem_bytes, block_tiling
+    from .ops.cuda_backend import block_launch_smem, block_tiling
 
     elem, mid, proj = ELEMENT_SIZE[mode], cout // 2, cin != cout
     mma = mode != "fp32"
-    flops, bytes_ = _block_flops_bytes(cin, cout, size, batch, mode, upsample)
+    flops, bytes_ = _block_flops_bytes(cin, cout, size, batch, mode, upsample, pool)
     roofline_us = _roofline_us(flops, bytes_, mode)
     S, R = block_tiling(elem, mma, cin, mid, cout, proj, batch, size, size, H200_SMS, H200_SMEM_OPTIN, True)
     halo, pixels = (S + 2) ** 2, S * S
     ctas = batch * math.ceil(size / S) ** 2 * R
-    smem = block_smem_bytes(elem, mma, cin, mid, proj, S)
+    smem, held = block_launch_smem(elem, mma, cin, mid, cout, proj, batch, size, size, H200_SMS, H200_SMEM_OPTIN,
+                                   True)
     per_sm = min(H200_REGISTERS_PER_SM // (ASSUMPTIONS["registers"] * _THREADS), H200_SMEM_PER_SM // (smem + 1024))
-    resident = max(1, min(per_sm, math.ceil(ctas / H200_SMS)))
+    sharing = max(1, min(per_sm, math.ceil(ctas / H200_SMS)))  # CTAs sharing one SM
     waves = math.ceil(ctas / (H200_SMS * per_sm))
 
     def pad(x, to):
@@ -144,7 +194,7 @@ def block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsa
         sm_rate = MATRIX_TFLOPS[mode] * 1e12 * ASSUMPTIONS["mma_sync_fraction"] / H200_SMS
     else:
         sm_rate = MATRIX_TFLOPS["fp32"] * 1e12 / 4 / H200_SMS
-    mma_us = 2.0 * macs / sm_rate * 1e6 * resident
+    mma_us = 2.0 * macs / sm_rate * 1e6 * sharing
 
     def chunks(rows, k_elems):  # weight chunks of one GEMM: passes of <= 64 rows, chunks of up to 8 KB
         total = 0
@@ -158,18 +208,24 @@ def block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsa
 
     n_chunks = chunks(n_mid, cin) + chunks(n_mid, 9 * mid) + chunks(n_out, mid + (cin if proj else 0))
     weight_bytes = elem * (n_mid * cin + 9 * n_mid * mid + n_out * (mid + (cin if proj else 0)))
-    sm_bw = ASSUMPTIONS["sm_l2_bytes_per_us"] / resident
-    weights_us = weight_bytes / sm_bw
-    if mma:  # cp.async chunks, kStages - 1 in flight
-        weights_us = max(weights_us, n_chunks * ASSUMPTIONS["l2_latency_us"] / (_STAGES - 1))
-    halo_us = ASSUMPTIONS["l2_latency_us"] + elem * halo * cin / sm_bw
+    sm_bw = ASSUMPTIONS["sm_l2_bytes_per_us"] / sharing
+    halo_bytes = elem * halo * cin * (4 if pool else 1)
     sync_us = 3 * ASSUMPTIONS["cluster_barrier_us"] if R > 1 else 0.0
-    cta_us = max(mma_us, weights_us) + halo_us + sync_us
+    if held:  # one round trip for all the weights and x, then the three GEMMs from shared memory
+        weights_us = weight_bytes / sm_bw
+        halo_us = ASSUMPTIONS["l2_latency_us"] + halo_bytes / sm_bw
+        cta_us = halo_us + weights_us + mma_us + sync_us
+    else:
+        weights_us = weight_bytes / sm_bw
+        if mma:  # cp.async chunks, kStages - 1 in flight
+            weights_us = max(weights_us, n_chunks * ASSUMPTIONS["l2_latency_us"] / (_STAGES - 1))
+        halo_us = ASSUMPTIONS["l2_latency_us"] + halo_bytes / sm_bw
+        cta_us = max(mma_us, weights_us) + halo_us + sync_us
     kernel_us = max(waves * cta_us, bytes_ / (COPY_TBPS * 1e12) * 1e6)
     predicted_us = max(kernel_us, LAUNCH_FLOOR_US)
     return dict(flops=flops, bytes=bytes_, roofline_us=roofline_us, kernel_us=kernel_us,
                 kernel_over_roofline=kernel_us / roofline_us, predicted_us=predicted_us,
                 predicted_over_roofline=predicted_us / roofline_us, launches=1,
                 config=dict(tile=S, cluster=R, ctas=ctas, ctas_per_sm=per_sm, waves=waves, smem_bytes=smem,
-                            mma_us=round(mma_us, 3), weights_us=round(weights_us, 3), halo_us=round(halo_us, 3),
+                            resident_weights=held, mma_us=round(mma_us, 3), weights_us=round(weights_us, 3), halo_us=round(halo_us, 3),
                             sync_us=sync_us))

@@ -151,13 +151,14 @@ def _mode(dtype: torch.dtype, tf32: bool) -> str | None:
 
 
 def default_residual_block(cin: int, cout: int, height: int, width: int, dtype: torch.dtype, batch: int, *,
-                           tf32: bool, upsample: bool) -> Tactic:
+                           tf32: bool, upsample: bool, pool_input: bool = False) -> Tactic:
     """The default backend of a residual block on a GPU, by PREDICTED time (no GPU has measured it).
 
     Compares :func:`shg_fast.predictions.block_prediction` (the whole-block CUDA kernel: one
     launch, its tiling on an H200) with :func:`~shg_fast.predictions.triton_block_prediction`
     (three Triton convs, their split-K reduce launches included), each with the assumed 2 us
-    per-launch floor of a graph replay, for a ``max(height, width)`` square map. float32
+    per-launch floor of a graph replay, for a ``max(height, width)`` square map (``height`` x
+    ``width``: the block's own size; ``pool_input``: it reads its input 2x2 max-pooled). float32
     without TF32 goes to ``triton`` (the CUDA kernel's exact path is a slow scalar loop);
     float64 (no prediction) to ``cuda``. The caller checks that the backend can run here.
     """
@@ -170,8 +171,8 @@ def default_residual_block(cin: int, cout: int, height: int, width: int, dtype: 
         return Tactic("triton", "default rule: exact float32 (TF32 off) runs on the Triton convs; the CUDA "
                                 "kernel's exact path is a scalar loop")
     size = max(height, width)
-    cuda_us = block_prediction(cin, cout, size, batch, mode, upsample)["predicted_us"]
-    triton_us = triton_block_prediction(cin, cout, size, batch, mode, upsample)["predicted_us"]
+    cuda_us = block_prediction(cin, cout, size, batch, mode, upsample, pool_input)["predicted_us"]
+    triton_us = triton_block_prediction(cin, cout, size, batch, mode, upsample, pool_input)["predicted_us"]
     backend = "cuda" if cuda_us <= triton_us else "triton"
     return Tactic(backend, f"default rule (PREDICTED on an H200, not measured): cuda {cuda_us:.1f} us vs "
                            f"triton {triton_us:.1f} us")

@@ -68,7 +68,16 @@ size_t shg_residual_block_smem_bytes(const shg_residual_block_args* args, shg_dt
 void shg_residual_block_tiling(const shg_residual_block_args* args, shg_dtype dtype, int sms, int smem_limit,
                                int clusters, int* tile, int* cluster);
 
-// The whole block in one kernel launch (see residual_block.cu). Returns cudaErrorInvalidValue
+// The dynamic shared memory (bytes) per CTA shg_residual_block launches with under the same
+// conditions, and *resident = 1 when each CTA then loads its whole share of the weights (1/R of
+// every GEMM's) into shared memory at its start instead of streaming it in chunks (tensor-core
+// path, when that fits the limit and the grid still runs in one wave). Pure host arithmetic.
+size_t shg_residual_block_launch_smem(const shg_residual_block_args* args, shg_dtype dtype, int sms, int smem_limit,
+                                      int clusters, int* resident);
+
+// The whole block in one kernel launch (see residual_block.cu); on sm_90+ a programmatic
+// dependent launch (it may start while the previous kernel on the stream runs, and waits for it
+// before reading anything; safe on any stream and under CUDA-graph capture). Returns cudaErrorInvalidValue
 // for arguments outside the contract (including more shared memory than the device allows).
 cudaError_t shg_residual_block(const shg_residual_block_args* args, shg_dtype dtype, cudaStream_t stream);
 

@@ -32,6 +32,22 @@
 // Rows past M (the padding of M to 16) and columns past the slice read clamped addresses and
 // are dropped by the epilogue.
 //
+// Resident weights (tensor-core path; the launcher's choice when the CTA's whole share of the
+// weights, 1/R of every GEMM's rows, fits in shared memory next to the activations and the grid
+// still runs in one wave: batch 1 on 32x32 down to 4x4 maps): the CTA copies its share to
+// shared memory by cp.async at its start, in the same wait as x, and the three GEMMs read it
+// there (rows padded by 16 bytes, as the activations). One L2 round trip instead of a chain of
+// chunk round trips; nothing overlaps the MMAs with loads afterwards.
+//
+// Programmatic dependent launch (sm_90+): the launcher lets the grid start while the previous
+// kernel on the stream still runs. Before griddepcontrol.wait a CTA with resident weights only
+// prefetches its share into L2 (cp.async.bulk.prefetch.L2: no data reaches the CTA, so weights
+// the previous kernel writes cannot be read stale); then every CTA waits for the previous grid's
+// completion and memory flush, lets the next kernel's CTAs start
+// (griddepcontrol.launch_dependents) and reads x. Correct on a plain stream and in a CUDA graph
+// (the attribute becomes a programmatic edge), and transitively: every grid triggers its
+// dependents only after its own wait.
+//
 // Exact path (fp64; fp32 without TF32; channel counts the tensor-core path does not take; x or
 // weights not 16-byte aligned): the same stages with one thread per output element and weights
 // read from global memory, fp64 accumulation for double, fp32 otherwise; R = 1. Slow (no tensor
@@ -39,7 +55,8 @@
 //
 // Without a GPU this was checked by a float64 emulation of the tiling, cluster slices, gathers
 // and the ldmatrix / mma.sync fragment layouts of the PTX ISA against the reference (odd sizes,
-// partial tiles, pool_input with NaN, R = 1..4, multi-pass and multi-chunk GEMMs).
+// partial tiles, pool_input with NaN, R = 1..4, multi-pass and multi-chunk GEMMs); the resident
+// weights and the programmatic launch came later and are compile-checked only.
 #include <cooperative_groups.h>
 
 #include <type_traits>
@@ -77,20 +94,36 @@ struct SmemLayout {
   size_t a1_h2;  // a1 ((S+2)^2 rows x Cin), later h2 (S^2 rows x Cmid)
   size_t h1;     // (S+2)^2 rows x Cmid
   size_t xs;     // xin of the tile (S^2 rows x Cin): projection only
-  size_t wbuf;   // kStages weight chunk buffers: tensor-core path only
+  size_t wbuf;   // tensor-core path: kStages weight chunk buffers, or with resident weights the CTA's
+                 // whole weight share, rows padded like the activations: w1 (Cmid / R rows x Cin), w2
+                 // (9 taps x Cmid / R rows x Cmid), w3 (Cout / R rows x Cmid), ws (Cout / R rows x Cin)
+  size_t w2, w3, ws;  // resident weights: offsets of w2, w3, ws (w1 at wbuf)
   size_t total;
 };
 
-__host__ __device__ inline SmemLayout smem_layout(int S, int64_t Cin, int64_t Cmid, int elem, bool mma,
-                                                  bool projection) {
+// `resident` (tensor-core path only): the CTA's slices of all weights stay in shared memory for the
+// whole kernel (`R` CTAs per cluster) instead of streaming through the kStages chunk buffers.
+__host__ __device__ inline SmemLayout smem_layout(int S, int64_t Cin, int64_t Cmid, int64_t Cout, int elem, bool mma,
+                                                  bool projection, int R, bool resident) {
   const size_t halo = static_cast<size_t>(S + 2) * (S + 2), tile = static_cast<size_t>(S) * S;
-  const size_t a1 = halo * row_bytes(static_cast<int>(Cin), elem), h2 = tile * row_bytes(static_cast<int>(Cmid), elem);
+  const size_t in_row = row_bytes(static_cast<int>(Cin), elem), mid_row = row_bytes(static_cast<int>(Cmid), elem);
+  const size_t a1 = halo * in_row, h2 = tile * mid_row;
   SmemLayout s;
   s.a1_h2 = 0;
   s.h1 = align128(a1 > h2 ? a1 : h2);
-  s.xs = s.h1 + align128(halo * row_bytes(static_cast<int>(Cmid), elem));
-  s.wbuf = s.xs + (projection ? align128(tile * row_bytes(static_cast<int>(Cin), elem)) : 0);
-  s.total = s.wbuf + (mma ? static_cast<size_t>(kStages) * kBBufferBytes : 0);
+  s.xs = s.h1 + align128(halo * mid_row);
+  s.wbuf = s.xs + (projection ? align128(tile * in_row) : 0);
+  const size_t mid_slice = static_cast<size_t>(Cmid / R), out_slice = static_cast<size_t>(Cout / R);
+  s.w2 = s.wbuf + align128(mid_slice * in_row);
+  s.w3 = s.w2 + align128(9 * mid_slice * mid_row);
+  s.ws = s.w3 + align128(out_slice * mid_row);
+  if (!mma) {
+    s.total = s.wbuf;
+  } else if (resident) {
+    s.total = s.ws + (projection ? align128(out_slice * in_row) : 0);
+  } else {
+    s.total = s.wbuf + static_cast<size_t>(kStages) * kBBufferBytes;
+  }
   return s;
 }
 
@@ -115,6 +148,7 @@ struct Params {
   int Cin, Cmid, Cout;
   int S;                           // output tile size (S x S pixels)
   int R;                           // CTAs per cluster: each computes 1/R of every stage's channels
+  int resident;                    // 1: the CTA's weight slices are loaded to shared memory up front
   int tiles_w;                     // ceil(W / S)
   int tiles_per_image;             // ceil(H / S) * tiles_w
 };
@@ -144,6 +178,28 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Programmatic dependent launch (sm_90+; no-ops when the launch did not ask for it, and before sm_90).
+// grid_dependency_wait: this thread waits until the kernels this launch depends on have completed and
+// their writes are visible. allow_dependents_launch: the next kernel on the stream may start its CTAs
+// (its own wait still waits for this whole grid).
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_dependents_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::);
+#endif
+}
+// Fetch `bytes` (a multiple of 16; ptr 16-byte aligned) at `ptr` into L2: one bulk prefetch (sm_90+; before
+// sm_90 nothing), no result and nothing to wait for.
+__device__ __forceinline__ void prefetch_l2(const void* ptr, int bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(ptr), "r"(bytes) : "memory");
+#endif
+}
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending)); }
 
@@ -267,9 +323,13 @@ __device__ __forceinline__ KCursor walk_chunk(KCursor at, int segments, int chun
 // np rows x chunk_bytes of K (chunk_bytes = 128 f, the largest f in 1, 2, 4, 8 whose padded rows
 // fit one buffer: narrow passes take longer chunks, so every chunk moves about 8 KB); a chunk may
 // span segments (stage C: several taps), each piece multiplied against its own A rows.
-template <typename T, typename ARow, typename BRow, typename SegBytes, typename Epilogue>
-__device__ __forceinline__ void mma_gemm(unsigned char* wbuf, int M, int n_begin, int n_count, int segments,
-                                         SegBytes seg_bytes, ARow a_row, BRow b_row, Epilogue epilogue) {
+// With `resident` the weights are already in shared memory (loaded at the kernel's start):
+// b_smem(s, j) is the row of W_s[n_begin + j] there (seg_bytes(s) + kRowPad bytes apart), and
+// wbuf is not used.
+template <typename T, typename ARow, typename BRow, typename BSmem, typename SegBytes, typename Epilogue>
+__device__ __forceinline__ void mma_gemm(unsigned char* wbuf, bool resident, int M, int n_begin, int n_count,
+                                         int segments, SegBytes seg_bytes, ARow a_row, BRow b_row, BSmem b_smem,
+                                         Epilogue epilogue) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int m_blocks = (M + 15) / 16;
   for (int p0 = 0; p0 < n_count; p0 += kNPass) {
@@ -287,59 +347,70 @@ __device__ __forceinline__ void mma_gemm(unsigned char* wbuf, int M, int n_begin
 #pragma unroll
         for (int v = 0; v < 4; ++v) acc[i][j][v] = 0.0f;
 
-    // kStages-deep pipeline: chunks c + 1 .. c + kStages - 1 are in flight while chunk c is multiplied.
-    KCursor load_at{0, 0};  // the next chunk to load
-    auto load_next = [&](int buf) {  // one cp.async group per call (empty past the last chunk)
-      unsigned char* dst = wbuf + buf * kBBufferBytes;
-      load_at = walk_chunk(load_at, segments, chunk_bytes, seg_bytes, [&](int s, int k, int offset, int length) {
-        const int pieces = length / 16;
-        for (int e = threadIdx.x; e < np * pieces; e += kThreads) {
-          const int r = e / pieces, q = e % pieces;
-          cp_async16(dst + r * stride + offset + q * 16,
-                     reinterpret_cast<const unsigned char*>(b_row(s, n_begin + p0 + r)) + k + q * 16);
+    // acc += the piece of segment s at K bytes [k, k + length) of every warp tile; b_at(bn): weight row bn of
+    // the pass (clamped below np) at K byte k in shared memory.
+    auto multiply = [&](int s, int k, int length, auto b_at) {
+#pragma unroll
+      for (int i = 0; i < kWarpTiles; ++i) {
+        const int tile = warp + i * kWarps;
+        if (tile >= warp_tiles) break;  // warp-uniform
+        const int mb = tile / groups, g = tile % groups;
+        // ldmatrix row addresses of this lane: A matrix (lane / 8) is rows +8 * (lane / 8 % 2), K +16 B * (lane / 16);
+        // B matrix (lane / 8) is weight rows +8 * (lane / 16), K +16 B * (lane / 8 % 2).
+        const int am = min(mb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, M - 1);
+        const unsigned char* a_ptr = a_row(s, am) + k + (lane >> 4) * 16;
+        const unsigned char* b_ptr[2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int bn = min(g * 32 + j * 16 + (lane & 7) + (lane >> 4) * 8, np - 1);
+          b_ptr[j] = b_at(bn) + ((lane >> 3) & 1) * 16;
         }
-      });
-      cp_async_commit();
-    };
-#pragma unroll
-    for (int st = 0; st < kStages - 1; ++st) load_next(st);
-    int buf = 0;  // buffer of the chunk at `at`
-    for (KCursor at{0, 0}; at.s < segments; buf = (buf + 1) % kStages) {
-      cp_async_wait<kStages - 2>();  // this thread's copies of the chunk at `at` have landed
-      __syncthreads();  // ... and every thread's; every warp is done with the previous chunk's buffer
-      load_next((buf + kStages - 1) % kStages);  // into the buffer the previous iteration read
-      const unsigned char* wb = wbuf + buf * kBBufferBytes;
-      at = walk_chunk(at, segments, chunk_bytes, seg_bytes, [&](int s, int k, int offset, int length) {
-#pragma unroll
-        for (int i = 0; i < kWarpTiles; ++i) {
-          const int tile = warp + i * kWarps;
-          if (tile >= warp_tiles) break;  // warp-uniform
-          const int mb = tile / groups, g = tile % groups;
-          // ldmatrix row addresses of this lane: A matrix (lane / 8) is rows +8 * (lane / 8 % 2), K +16 B * (lane / 16);
-          // B matrix (lane / 8) is weight rows +8 * (lane / 16), K +16 B * (lane / 8 % 2).
-          const int am = min(mb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, M - 1);
-          const unsigned char* a_ptr = a_row(s, am) + k + (lane >> 4) * 16;
-          const unsigned char* b_ptr[2];
+        for (int ks = 0; ks < length / 32; ++ks) {
+          uint32_t a[4];
+          ldmatrix_x4(a, a_ptr + ks * 32);
+          to_operand<T>(a);
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            const int bn = min(g * 32 + j * 16 + (lane & 7) + (lane >> 4) * 8, np - 1);
-            b_ptr[j] = wb + bn * stride + offset + ((lane >> 3) & 1) * 16;
-          }
-          for (int ks = 0; ks < length / 32; ++ks) {
-            uint32_t a[4];
-            ldmatrix_x4(a, a_ptr + ks * 32);
-            to_operand<T>(a);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              uint32_t b[4];
-              ldmatrix_x4(b, b_ptr[j] + ks * 32);
-              to_operand<T>(b);
-              Mma<T>::run(acc[i][2 * j], a, b[0], b[1]);
-              Mma<T>::run(acc[i][2 * j + 1], a, b[2], b[3]);
-            }
+            uint32_t b[4];
+            ldmatrix_x4(b, b_ptr[j] + ks * 32);
+            to_operand<T>(b);
+            Mma<T>::run(acc[i][2 * j], a, b[0], b[1]);
+            Mma<T>::run(acc[i][2 * j + 1], a, b[2], b[3]);
           }
         }
-      });
+      }
+    };
+    if (resident) {
+      for (int s = 0; s < segments; ++s) {
+        multiply(s, 0, seg_bytes(s), [&](int bn) { return b_smem(s, p0 + bn); });
+      }
+    } else {
+      // kStages-deep pipeline: chunks c + 1 .. c + kStages - 1 are in flight while chunk c is multiplied.
+      KCursor load_at{0, 0};  // the next chunk to load
+      auto load_next = [&](int buf) {  // one cp.async group per call (empty past the last chunk)
+        unsigned char* dst = wbuf + buf * kBBufferBytes;
+        load_at = walk_chunk(load_at, segments, chunk_bytes, seg_bytes, [&](int s, int k, int offset, int length) {
+          const int pieces = length / 16;
+          for (int e = threadIdx.x; e < np * pieces; e += kThreads) {
+            const int r = e / pieces, q = e % pieces;
+            cp_async16(dst + r * stride + offset + q * 16,
+                       reinterpret_cast<const unsigned char*>(b_row(s, n_begin + p0 + r)) + k + q * 16);
+          }
+        });
+        cp_async_commit();
+      };
+#pragma unroll
+      for (int st = 0; st < kStages - 1; ++st) load_next(st);
+      int buf = 0;  // buffer of the chunk at `at`
+      for (KCursor at{0, 0}; at.s < segments; buf = (buf + 1) % kStages) {
+        cp_async_wait<kStages - 2>();  // this thread's copies of the chunk at `at` have landed
+        __syncthreads();  // ... and every thread's; every warp is done with the previous chunk's buffer
+        load_next((buf + kStages - 1) % kStages);  // into the buffer the previous iteration read
+        const unsigned char* wb = wbuf + buf * kBBufferBytes;
+        at = walk_chunk(at, segments, chunk_bytes, seg_bytes, [&](int s, int k, int offset, int length) {
+          multiply(s, k, length, [&](int bn) { return wb + bn * stride + offset; });
+        });
+      }
     }
     cp_async_wait<0>();  // only empty groups can be pending here
     __syncthreads();     // the next pass or GEMM refills the buffers
@@ -381,6 +452,9 @@ __device__ __forceinline__ void exact_gemm(int M, int n_begin, int n_count, int 
 // ---- the kernel ----------------------------------------------------------------------------------
 
 // grid.x = N * tiles_per_image * R, clusters of R consecutive CTAs (one tile); blockDim.x = kThreads.
+// Launched as a programmatic dependent launch on sm_90+ (see the launcher): before
+// grid_dependency_wait() the kernel at most prefetches its resident weights into L2; it reads
+// nothing into registers or shared memory and writes nothing.
 template <typename T, bool kMma>
 __global__ void __launch_bounds__(kThreads) residual_block_kernel(
     Params<T> p) {  // pointers (as shg_residual_block_args in launchers.h), sizes and the chosen tiling
@@ -388,7 +462,8 @@ __global__ void __launch_bounds__(kThreads) residual_block_kernel(
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int elem = sizeof(T);
   const int S = p.S, halo_w = S + 2, halo = halo_w * halo_w, tile_px = S * S;
-  const SmemLayout layout = smem_layout(S, p.Cin, p.Cmid, elem, kMma, p.ws != nullptr);
+  const bool resident = kMma && p.resident;
+  const SmemLayout layout = smem_layout(S, p.Cin, p.Cmid, p.Cout, elem, kMma, p.ws != nullptr, p.R, resident);
   unsigned char* a1 = smem + layout.a1_h2;  // stage A output, dead after stage B
   unsigned char* h2 = a1;                    // stage C output
   unsigned char* h1 = smem + layout.h1;
@@ -404,6 +479,66 @@ __global__ void __launch_bounds__(kThreads) residual_block_kernel(
   auto elem_at = [](unsigned char* buf, int stride, int row, int col) {
     return reinterpret_cast<T*>(buf + static_cast<size_t>(row) * stride) + col;
   };
+  const int mid_slice = p.Cmid / p.R, out_slice = p.Cout / p.R;
+
+  // The three GEMMs' weights: segments, K bytes per segment, global rows (b_*) and, resident, shared rows of the
+  // slice (r_*: row j of the slice; rows padded like the activations, so ldmatrix reads are conflict-free).
+  auto in_bytes = [&](int) { return p.Cin * elem; };
+  auto mid_bytes = [&](int) { return p.Cmid * elem; };
+  auto d_bytes = [&](int s) { return (s == 0 ? p.Cmid : p.Cin) * elem; };
+  auto b_w1 = [&](int, int j) { return p.w1 + static_cast<int64_t>(j) * p.Cin; };
+  auto b_w2 = [&](int s, int j) { return p.w2 + (static_cast<int64_t>(s) * p.Cmid + j) * p.Cmid; };
+  auto b_d = [&](int s, int co) {
+    return s == 0 ? p.w3 + static_cast<int64_t>(co) * p.Cmid : p.ws + static_cast<int64_t>(co) * p.Cin;
+  };
+  auto r_w1 = [&](int, int j) { return static_cast<const unsigned char*>(wbuf) + static_cast<size_t>(j) * a1_stride; };
+  auto r_w2 = [&](int s, int j) {
+    return static_cast<const unsigned char*>(smem + layout.w2) + static_cast<size_t>(s * mid_slice + j) * mid_stride;
+  };
+  auto r_d = [&](int s, int j) {
+    return s == 0 ? static_cast<const unsigned char*>(smem + layout.w3) + static_cast<size_t>(j) * mid_stride
+                  : static_cast<const unsigned char*>(smem + layout.ws) + static_cast<size_t>(j) * a1_stride;
+  };
+  const int d_segments = p.ws != nullptr ? 2 : 1;
+
+  // The CTA's weight share as regions of rows (w1, w2's 9 taps, w3, ws): visit(rows, bytes per row, global row r,
+  // shared row r). Every loop below spreads a region's rows or 16-byte pieces over the threads.
+  auto each_share_region = [&](auto visit) {
+    visit(mid_slice, in_bytes(0), [&](int r) { return b_w1(0, rank * mid_slice + r); },
+          [&](int r) { return r_w1(0, r); });
+    visit(9 * mid_slice, mid_bytes(0), [&](int r) { return b_w2(r / mid_slice, rank * mid_slice + r % mid_slice); },
+          [&](int r) { return r_w2(r / mid_slice, r % mid_slice); });
+    for (int s = 0; s < d_segments; ++s) {
+      visit(out_slice, d_bytes(s), [&](int r) { return b_d(s, rank * out_slice + r); },
+            [&](int r) { return r_d(s, r); });
+    }
+  };
+  // Before the wait, only an L2 prefetch of a resident weight share: L2 is where every SM's writes become
+  // coherent, so a prefetch can bring in no stale data even if the previous kernel wrote the weights; the copies
+  // to shared memory wait (the previous kernel's writes may still be in flight when this grid starts). Streamed
+  // shares are not prefetched: their launches run many CTAs per weight row (large maps or batches), whose
+  // prefetches would repeat each row's L2 requests.
+  if (resident) {
+    each_share_region([&](int rows, int bytes, auto src, auto) {
+      for (int r = threadIdx.x; r < rows; r += kThreads) prefetch_l2(src(r), bytes);
+    });
+  }
+  grid_dependency_wait();     // the previous kernels' writes (x, upsample, weights) are visible; out may be written
+  allow_dependents_launch();  // the next kernel's CTAs may start (and prefetch) while this grid computes
+
+  // Resident weights: the whole share requested into shared memory at once, one cp.async group, so the CTA waits
+  // one L2 round trip for all three GEMMs' weights and x together instead of a chain of chunks.
+  if (resident) {
+    each_share_region([&](int rows, int bytes, auto src, auto dst) {
+      const int pieces = bytes / 16;
+      for (int e = threadIdx.x; e < rows * pieces; e += kThreads) {
+        const int r = e / pieces, q = e % pieces;
+        cp_async16(const_cast<unsigned char*>(dst(r)) + q * 16,
+                   reinterpret_cast<const unsigned char*>(src(r)) + q * 16);
+      }
+    });
+    cp_async_commit();
+  }
 
   // Stage A: a1 = relu(xin * in_scale + in_shift) on the halo, 0 outside the image; xin of the tile (projection).
   if (kMma && !p.pool) {
@@ -425,7 +560,7 @@ __global__ void __launch_bounds__(kThreads) residual_block_kernel(
     copy_rows(a1, halo, halo_w, y0 - 1, x0 - 1);
     if (p.ws != nullptr) copy_rows(xs, tile_px, S, y0, x0);
     cp_async_commit();
-    cp_async_wait<0>();
+    cp_async_wait<0>();  // x and, resident, the weights
     __syncthreads();
     for (int e = threadIdx.x; e < halo * p.Cin; e += kThreads) {
       const int h = e / p.Cin, c = e % p.Cin;
@@ -450,24 +585,24 @@ __global__ void __launch_bounds__(kThreads) residual_block_kernel(
         *elem_at(xs, a1_stride, t, c) = from_acc<T, Acc>(inside(gy, gx) ? load_xin<T, Acc>(p, n, gy, gx, c) : Acc(0));
       }
     }
+    if (resident) cp_async_wait<0>();  // the weights
   }
   __syncthreads();
 
-  auto gemm = [&](int M, int n_begin, int n_count, int segments, auto seg_bytes, auto a_row, auto b_row,
+  auto gemm = [&](int M, int n_begin, int n_count, int segments, auto seg_bytes, auto a_row, auto b_row, auto b_smem,
                   auto epilogue) {
     if constexpr (kMma) {
-      mma_gemm<T>(wbuf, M, n_begin, n_count, segments, seg_bytes, a_row, b_row, epilogue);
+      mma_gemm<T>(wbuf, resident, M, n_begin, n_count, segments, seg_bytes, a_row, b_row, b_smem, epilogue);
     } else {
       exact_gemm<T, Acc>(M, n_begin, n_count, segments, seg_bytes, a_row, b_row, epilogue);
     }
   };
-  const int mid_slice = p.Cmid / p.R, out_slice = p.Cout / p.R;
 
   // Stage B: h1 = relu(a1 . w1^T + b1) on the halo, channels of this CTA's slice; 0 outside the image.
   gemm(
-      halo, rank * mid_slice, mid_slice, 1, [&](int) { return p.Cin * elem; },
-      [&](int, int m) { return static_cast<const unsigned char*>(a1) + static_cast<size_t>(m) * a1_stride; },
-      [&](int, int j) { return p.w1 + static_cast<int64_t>(j) * p.Cin; },
+      halo, rank * mid_slice, mid_slice, 1, in_bytes,
+      [&](int, int m) { return static_cast<const unsigned char*>(a1) + static_cast<size_t>(m) * a1_stride; }, b_w1,
+      r_w1,
       [&](int h, int j, Acc acc) {
         const bool keep = inside(y0 - 1 + h / halo_w, x0 - 1 + h % halo_w);
         *elem_at(h1, mid_stride, h, j) = from_acc<T, Acc>(keep ? relu(acc + to_acc<Acc>(p.b1[j])) : Acc(0));
@@ -481,12 +616,12 @@ __global__ void __launch_bounds__(kThreads) residual_block_kernel(
   // Stage C: h2 = relu(conv3x3(h1) + b2); output pixel t = (ty, tx) reads halo pixel (ty + dy, tx + dx) at tap
   // s = 3 dy + dx. h2 overwrites a1, whose last reader was stage B (the other CTAs never read a1).
   gemm(
-      tile_px, rank * mid_slice, mid_slice, 9, [&](int) { return p.Cmid * elem; },
+      tile_px, rank * mid_slice, mid_slice, 9, mid_bytes,
       [&](int s, int t) {
         const int h = (t / S + s / 3) * halo_w + t % S + s % 3;
         return static_cast<const unsigned char*>(h1) + static_cast<size_t>(h) * mid_stride;
       },
-      [&](int s, int j) { return p.w2 + (static_cast<int64_t>(s) * p.Cmid + j) * p.Cmid; },
+      b_w2, r_w2,
       [&](int t, int j, Acc acc) { *elem_at(h2, mid_stride, t, j) = from_acc<T, Acc>(relu(acc + to_acc<Acc>(p.b2[j]))); });
   if (p.R > 1) {
     cluster_barrier();
@@ -497,15 +632,12 @@ __global__ void __launch_bounds__(kThreads) residual_block_kernel(
   // Stage D: out = h2 . w3^T (segment 0) + xin . ws^T (segment 1, projection) + biases + identity + upsample.
   const int Hl = (p.H + 1) / 2, Wl = (p.W + 1) / 2;
   gemm(
-      tile_px, rank * out_slice, out_slice, p.ws != nullptr ? 2 : 1,
-      [&](int s) { return (s == 0 ? p.Cmid : p.Cin) * elem; },
+      tile_px, rank * out_slice, out_slice, d_segments, d_bytes,
       [&](int s, int t) {
         return s == 0 ? static_cast<const unsigned char*>(h2) + static_cast<size_t>(t) * mid_stride
                       : static_cast<const unsigned char*>(xs) + static_cast<size_t>(t) * a1_stride;
       },
-      [&](int s, int co) {
-        return s == 0 ? p.w3 + static_cast<int64_t>(co) * p.Cmid : p.ws + static_cast<int64_t>(co) * p.Cin;
-      },
+      b_d, r_d,
       [&](int t, int co, Acc acc) {
         const int gy = y0 + t / S, gx = x0 + t % S;
         if (!inside(gy, gx)) return;
@@ -531,8 +663,10 @@ bool use_mma(const shg_residual_block_args& a, shg_dtype dtype) {
          aligned16(a.w2) && aligned16(a.w3) && (a.ws == nullptr || aligned16(a.ws));
 }
 
-size_t smem_bytes(const shg_residual_block_args& a, shg_dtype dtype, int S) {
-  return smem_layout(S, a.Cin, a.Cmid, element_size(dtype), use_mma(a, dtype), a.ws != nullptr).total;
+// Dynamic shared memory of one CTA: tile S, cluster R, weights resident or streamed.
+size_t smem_bytes(const shg_residual_block_args& a, shg_dtype dtype, int S, int R = 1, bool resident = false) {
+  return smem_layout(S, a.Cin, a.Cmid, a.Cout, element_size(dtype), use_mma(a, dtype), a.ws != nullptr, R, resident)
+      .total;
 }
 
 // The tiling of one launch: tile size S, cluster size R.
@@ -568,8 +702,41 @@ Tiling choose_tiling(const shg_residual_block_args& a, shg_dtype dtype, int sms,
   return best;
 }
 
+// What a launch does: its tiling, whether the CTAs hold their whole weight share in shared memory, and the
+// dynamic shared memory per CTA. Resident weights (tensor-core path) when they fit the opt-in limit and the
+// grid still runs in one wave (every CTA resident at once: CTAs <= SMs x CTAs per SM by shared memory, at most
+// 2 by registers), so holding them never adds a wave; otherwise the kStages chunk buffers stream them.
+struct LaunchPlan {
+  Tiling tiling;
+  bool resident;
+  size_t smem;
+};
+
+LaunchPlan plan_launch(const shg_residual_block_args& a, shg_dtype dtype, int sms, int smem_limit, bool clusters) {
+  const Tiling tiling = choose_tiling(a, dtype, sms, smem_limit, clusters);
+  LaunchPlan plan{tiling, false, 0};
+  if (tiling.S == 0) return plan;
+  plan.smem = smem_bytes(a, dtype, tiling.S, tiling.R, false);
+  if (use_mma(a, dtype)) {
+    const size_t held = smem_bytes(a, dtype, tiling.S, tiling.R, true);
+    const int64_t per_sm = 2 * (held + 1024) <= static_cast<size_t>(smem_limit) + 1024 ? 2 : 1;
+    if (held <= static_cast<size_t>(smem_limit) && a.N * tiling.tiles_per_image * tiling.R <= sms * per_sm) {
+      plan.resident = true;
+      plan.smem = held;
+    }
+  }
+  return plan;
+}
+
+// Launched with programmatic stream serialization on sm_90+ (`pdl`): the grid may start while the previous
+// kernel on the stream runs; CTAs with resident weights prefetch them into L2, then griddepcontrol.wait holds
+// every thread until that kernel has completed and its writes are visible, before the first read of x,
+// upsample or any weight and before any write. The previous kernel's CTAs that call
+// griddepcontrol.launch_dependents let this grid start early; one that never does (any non-PDL kernel) lets it
+// start when it exits. The same attribute becomes a programmatic edge when a CUDA graph captures the stream
+// (CUDA 12.3+), with the same wait.
 template <typename T, bool kMma>
-cudaError_t launch(const Params<T>& p, unsigned blocks, size_t smem, cudaStream_t stream) {
+cudaError_t launch(const Params<T>& p, unsigned blocks, size_t smem, bool pdl, cudaStream_t stream) {
   auto kernel = residual_block_kernel<T, kMma>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
@@ -578,22 +745,30 @@ cudaError_t launch(const Params<T>& p, unsigned blocks, size_t smem, cudaStream_
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  cudaLaunchAttribute cluster[1];
-  cluster[0].id = cudaLaunchAttributeClusterDimension;
-  cluster[0].val.clusterDim.x = static_cast<unsigned>(p.R);
-  cluster[0].val.clusterDim.y = 1;
-  cluster[0].val.clusterDim.z = 1;
+  cudaLaunchAttribute attrs[2];
+  unsigned count = 0;
   if (p.R > 1) {
-    config.attrs = cluster;
-    config.numAttrs = 1;
+    attrs[count].id = cudaLaunchAttributeClusterDimension;
+    attrs[count].val.clusterDim.x = static_cast<unsigned>(p.R);
+    attrs[count].val.clusterDim.y = 1;
+    attrs[count].val.clusterDim.z = 1;
+    ++count;
   }
+  if (pdl) {
+    attrs[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
+  }
+  config.attrs = attrs;
+  config.numAttrs = count;
   err = cudaLaunchKernelEx(&config, kernel, p);
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t launch_typed(const shg_residual_block_args& a, shg_dtype dtype, const Tiling& tiling, size_t smem,
+cudaError_t launch_typed(const shg_residual_block_args& a, shg_dtype dtype, const LaunchPlan& plan, bool pdl,
                          cudaStream_t stream) {
+  const Tiling& tiling = plan.tiling;
   Params<T> p{static_cast<const T*>(a.x),  static_cast<const T*>(a.in_scale), static_cast<const T*>(a.in_shift),
               static_cast<const T*>(a.w1), static_cast<const T*>(a.b1),       static_cast<const T*>(a.w2),
               static_cast<const T*>(a.b2), static_cast<const T*>(a.w3),       static_cast<const T*>(a.b3),
@@ -609,13 +784,15 @@ cudaError_t launch_typed(const shg_residual_block_args& a, shg_dtype dtype, cons
   p.Cout = static_cast<int>(a.Cout);
   p.S = tiling.S;
   p.R = tiling.R;
+  p.resident = plan.resident ? 1 : 0;
   p.tiles_w = static_cast<int>(tiling.tiles_w);
   p.tiles_per_image = static_cast<int>(tiling.tiles_per_image);
   const unsigned blocks = static_cast<unsigned>(a.N * tiling.tiles_per_image * tiling.R);
   if constexpr (std::is_same_v<T, double>) {
-    return launch<T, false>(p, blocks, smem, stream);
+    return launch<T, false>(p, blocks, plan.smem, pdl, stream);
   } else {
-    return use_mma(a, dtype) ? launch<T, true>(p, blocks, smem, stream) : launch<T, false>(p, blocks, smem, stream);
+    return use_mma(a, dtype) ? launch<T, true>(p, blocks, plan.smem, pdl, stream)
+                             : launch<T, false>(p, blocks, plan.smem, pdl, stream);
   }
 }
 
@@ -634,6 +811,13 @@ extern "C" void shg_residual_block_tiling(const shg_residual_block_args* args, s
   const shg_fast::cuda::Tiling tiling = shg_fast::cuda::choose_tiling(*args, dtype, sms, smem_limit, clusters != 0);
   *tile = tiling.S;
   *cluster = tiling.R;
+}
+
+extern "C" size_t shg_residual_block_launch_smem(const shg_residual_block_args* args, shg_dtype dtype, int sms,
+                                                 int smem_limit, int clusters, int* resident) {
+  const shg_fast::cuda::LaunchPlan plan = shg_fast::cuda::plan_launch(*args, dtype, sms, smem_limit, clusters != 0);
+  *resident = plan.resident ? 1 : 0;
+  return plan.smem;
 }
 
 extern "C" cudaError_t shg_residual_block(const shg_residual_block_args* args, shg_dtype dtype,
@@ -658,8 +842,8 @@ extern "C" cudaError_t shg_residual_block(const shg_residual_block_args* args, s
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return err;
-  const Tiling tiling = choose_tiling(a, dtype, sms, smem_limit, major >= 9);
-  if (tiling.S == 0 || a.N * tiling.tiles_per_image * tiling.R > kInt32Max) return cudaErrorInvalidValue;
-  const size_t smem = smem_bytes(a, dtype, tiling.S);
-  return dispatch_dtype(dtype, [&](auto tag) { return launch_typed<decltype(tag)>(a, dtype, tiling, smem, stream); });
+  const LaunchPlan plan = plan_launch(a, dtype, sms, smem_limit, major >= 9);
+  if (plan.tiling.S == 0 || a.N * plan.tiling.tiles_per_image * plan.tiling.R > kInt32Max) return cudaErrorInvalidValue;
+  return dispatch_dtype(dtype,
+                        [&](auto tag) { return launch_typed<decltype(tag)>(a, dtype, plan, major >= 9, stream); });
 }

@@ -20,7 +20,7 @@ from .conv_bn_relu import SUPPORTED_DTYPES
 from .residual_block import RESIDUAL_BLOCK, block_size
 
 __all__ = ["residual_block_extension", "cuda_smem_bytes", "prepack_for_cuda", "uses_tensor_cores", "cuda_tiling",
-           "block_smem_bytes", "block_tiling", "TILE_SIZES"]
+           "block_smem_bytes", "block_tiling", "block_launch_smem", "cuda_launch_smem", "TILE_SIZES"]
 
 # Mirrors of the constants of csrc/cuda/residual_block.cu (tests/ops/test_cuda_ops.py checks them against
 # shg_residual_block_smem_bytes): output tiles S x S, activation rows padded by 16 bytes, three weight
@@ -46,14 +46,23 @@ def uses_tensor_cores(dtype: torch.dtype, block: FoldedResidual, allow_tf32: boo
     return type_ok and all(c % 16 == 0 for c in (block.in_channels, block.mid_channels, block.out_channels))
 
 
-def block_smem_bytes(elem: int, mma: bool, cin: int, mid: int, projection: bool, tile: int) -> int:
-    """Shared memory of one CTA (``smem_layout`` in residual_block.cu): element size, path, channels, tile."""
+def block_smem_bytes(elem: int, mma: bool, cin: int, mid: int, projection: bool, tile: int, *, cout: int = 0,
+                     cluster: int = 1, resident: bool = False) -> int:
+    """Shared memory of one CTA (``smem_layout`` in residual_block.cu): element size, path, channels, tile;
+    with ``resident`` (tensor-core path) the CTA's whole weight share (1/``cluster`` of every GEMM's output
+    channels, ``cout`` output channels) instead of the streaming buffers."""
     halo, pixels = (tile + 2) ** 2, tile * tile
-    a1_h2 = max(halo * (cin * elem + _ROW_PAD), pixels * (mid * elem + _ROW_PAD))
-    total = _align128(a1_h2) + _align128(halo * (mid * elem + _ROW_PAD))
+    in_row, mid_row = cin * elem + _ROW_PAD, mid * elem + _ROW_PAD
+    total = _align128(max(halo * in_row, pixels * mid_row)) + _align128(halo * mid_row)
     if projection:
-        total += _align128(pixels * (cin * elem + _ROW_PAD))
-    return total + (_WEIGHT_BUFFERS if mma else 0)
+        total += _align128(pixels * in_row)
+    if not mma:
+        return total
+    if not resident:
+        return total + _WEIGHT_BUFFERS
+    mid_slice, out_slice = mid // cluster, cout // cluster
+    total += _align128(mid_slice * in_row) + _align128(9 * mid_slice * mid_row) + _align128(out_slice * mid_row)
+    return total + (_align128(out_slice * in_row) if projection else 0)
 
 
 def block_tiling(elem: int, mma: bool, cin: int, mid: int, cout: int, projection: bool, batch: int, height: int,
@@ -75,6 +84,28 @@ def block_tiling(elem: int, mma: bool, cin: int, mid: int, cout: int, projection
         if tiles * r * 10 >= sms * 9:
             break
     return best
+
+
+def block_launch_smem(elem: int, mma: bool, cin: int, mid: int, cout: int, projection: bool, batch: int, height: int,
+                      width: int, sms: int, smem_limit: int, clusters: bool) -> tuple[int, bool]:
+    """``(shared memory per CTA, resident weights)`` of the launch (``plan_launch`` in residual_block.cu).
+
+    The weights are resident (each CTA loads its whole share once, at its start) on the tensor-core
+    path when that layout fits ``smem_limit`` and every CTA of the grid is resident at once (CTAs <=
+    ``sms`` x 2 when two such CTAs fit one SM's shared memory, else x 1); otherwise streamed.
+    """
+    tile, cluster = block_tiling(elem, mma, cin, mid, cout, projection, batch, height, width, sms, smem_limit, clusters)
+    if tile == 0:
+        return 0, False
+    streamed = block_smem_bytes(elem, mma, cin, mid, projection, tile)
+    if not mma:
+        return streamed, False
+    held = block_smem_bytes(elem, mma, cin, mid, projection, tile, cout=cout, cluster=cluster, resident=True)
+    per_sm = 2 if 2 * (held + 1024) <= smem_limit + 1024 else 1
+    ctas = batch * -(-height // tile) * -(-width // tile) * cluster
+    if held <= smem_limit and ctas <= sms * per_sm:
+        return held, True
+    return streamed, False
 
 
 def cuda_smem_bytes(x: torch.Tensor, block: FoldedResidual, tile: int = TILE_SIZES[-1],
@@ -102,6 +133,15 @@ def cuda_tiling(dtype: torch.dtype, block: FoldedResidual, batch: int, height: i
     elem = torch.empty(0, dtype=dtype).element_size()
     return block_tiling(elem, uses_tensor_cores(dtype, block, allow_tf32), block.in_channels, block.mid_channels,
                         block.out_channels, block.ws is not None, batch, height, width, sms, smem_limit, clusters)
+
+
+def cuda_launch_smem(dtype: torch.dtype, block: FoldedResidual, batch: int, height: int, width: int, sms: int,
+                     smem_limit: int, clusters: bool = True, allow_tf32: bool | None = None) -> tuple[int, bool]:
+    """``(bytes, resident)``: the dynamic shared memory per CTA the CUDA launcher uses and whether each CTA
+    holds its whole weight share (``shg_residual_block_launch_smem``; see :func:`block_launch_smem`)."""
+    elem = torch.empty(0, dtype=dtype).element_size()
+    return block_launch_smem(elem, uses_tensor_cores(dtype, block, allow_tf32), block.in_channels, block.mid_channels,
+                             block.out_channels, block.ws is not None, batch, height, width, sms, smem_limit, clusters)
 
 
 def prepack_for_cuda(block: FoldedResidual) -> FoldedResidual:

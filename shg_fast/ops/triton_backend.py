@@ -258,7 +258,8 @@ def _register_ops() -> None:
         oh, ow = out.shape[-2:]
         c2 = 0 if x2 is None else x2.shape[1]
         m = n * oh * ow
-        cfg = conv_config(m, c1, c2, c_out, kh, kw, x.element_size(), allow_tf32, _sm_count(x.device))
+        cfg = conv_config(m, c1, c2, c_out, kh, kw, x.element_size(), allow_tf32, _sm_count(x.device),
+                          pool_x or pool_x2)
         split = cfg["SPLIT_K"]
         grid = (triton.cdiv(c_out, cfg["BLOCK_N"]) * triton.cdiv(m, cfg["BLOCK_M"]), split)
         # Absent optional tensors are never read (their HAS_* flag is off): pass x in their place.

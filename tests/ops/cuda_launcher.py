@@ -2,7 +2,8 @@
 
 Tests use it to call ``shg_residual_block`` with arguments the registered op does not pass
 yet (``pool_input``, ``allow_tf32``) and to compare the Python mirrors of the kernel's
-constants with ``shg_residual_block_smem_bytes`` / ``shg_residual_block_tiling``.
+constants with ``shg_residual_block_smem_bytes`` / ``shg_residual_block_tiling`` /
+``shg_residual_block_launch_smem``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def library() -> ctypes.CDLL | None:
     lib.shg_residual_block_tiling.argtypes = [ctypes.POINTER(ResidualBlockArgs), ctypes.c_int, ctypes.c_int,
                                               ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int),
                                               ctypes.POINTER(ctypes.c_int)]
+    lib.shg_residual_block_launch_smem.restype = ctypes.c_size_t
+    lib.shg_residual_block_launch_smem.argtypes = [ctypes.POINTER(ResidualBlockArgs), ctypes.c_int, ctypes.c_int,
+                                                   ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
     lib.shg_residual_block.restype = ctypes.c_int
     lib.shg_residual_block.argtypes = [ctypes.POINTER(ResidualBlockArgs), ctypes.c_int, ctypes.c_void_p]
     return lib

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shg_fast import _extension
-from shg_fast.ops.cuda_backend import TILE_SIZES, cuda_smem_bytes, cuda_tiling
+from shg_fast.ops.cuda_backend import TILE_SIZES, cuda_launch_smem, cuda_smem_bytes, cuda_tiling
 
 from .cuda_launcher import DTYPE_TAGS, block_args, library
 from .test_residual_block_cpu import make_block
@@ -38,17 +38,36 @@ def test_smem_mirror_matches_the_launcher(lib, dtype, cin, cout, tf32):
     assert need == cuda_smem_bytes(torch.empty(0, dtype=dtype), block, TILE_SIZES[-1], allow_tf32=tf32)
 
 
+LAUNCHES = [(1, 128), (1, 64), (1, 32), (1, 16), (1, 8), (1, 4), (64, 4), (64, 64), (2, 5), (3, 17), (1, 1)]
+LIMITS = [(H200_SMEM, True), (H200_SMEM, False), (60000, True)]
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("cin,cout", SHAPES)
-@pytest.mark.parametrize("batch,size", [(1, 128), (1, 64), (1, 32), (1, 16), (1, 8), (1, 4), (64, 4), (64, 64),
-                                        (2, 5), (3, 17), (1, 1)])
-@pytest.mark.parametrize("smem_limit,clusters", [(H200_SMEM, True), (H200_SMEM, False), (60000, True)])
+@pytest.mark.parametrize("batch,size", LAUNCHES)
+@pytest.mark.parametrize("smem_limit,clusters", LIMITS)
 def test_tiling_mirror_matches_the_launcher(lib, dtype, cin, cout, batch, size, smem_limit, clusters):
+    """Tile and cluster sizes, shared memory per CTA and resident weights (the CTA's whole weight share loaded up
+    front) of the launch, on both sides."""
     block = make_block(cin, cout, dtype)
     tf32 = dtype == torch.float32
     args = block_args(block, batch, size, size + 1, allow_tf32=tf32)
-    tile, cluster = ctypes.c_int(), ctypes.c_int()
+    tile, cluster, resident = ctypes.c_int(), ctypes.c_int(), ctypes.c_int(-1)
     lib.shg_residual_block_tiling(ctypes.byref(args), DTYPE_TAGS[dtype], H200_SMS, smem_limit, int(clusters),
                                   ctypes.byref(tile), ctypes.byref(cluster))
     expect = cuda_tiling(dtype, block, batch, size, size + 1, H200_SMS, smem_limit, clusters, allow_tf32=tf32)
     assert (tile.value, cluster.value) == expect
+    smem = lib.shg_residual_block_launch_smem(ctypes.byref(args), DTYPE_TAGS[dtype], H200_SMS, smem_limit,
+                                              int(clusters), ctypes.byref(resident))
+    expect = cuda_launch_smem(dtype, block, batch, size, size + 1, H200_SMS, smem_limit, clusters, allow_tf32=tf32)
+    assert (smem, bool(resident.value)) == expect
+    assert resident.value in (0, 1) and smem <= smem_limit
+
+
+def test_small_maps_at_batch_1_hold_their_weights():
+    """The rule's intent on an H200: batch-1 hourglass blocks on 32x32..4x4 maps load their whole weight share up
+    front; batch 64 on a 64x64 map (many waves) streams it."""
+    block = make_block(256, 256, torch.bfloat16)
+    for size in (32, 16, 8, 4):
+        assert cuda_launch_smem(torch.bfloat16, block, 1, size, size, H200_SMS, H200_SMEM)[1], size
+    assert not cuda_launch_smem(torch.bfloat16, block, 64, 64, 64, H200_SMS, H200_SMEM)[1]

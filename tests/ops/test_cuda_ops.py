@@ -104,6 +104,49 @@ def test_residual_block_network_sizes(size, batch, dtype, cin, cout, poison_empt
     _check_block(cin, cout, batch, size, size, dtype, with_upsample=True, channels_last=True)
 
 
+@pytest.mark.parametrize("graph", [False, True], ids=["stream", "cuda-graph"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_residual_blocks_back_to_back(graph, dtype, poison_empty):
+    """Block launches that each read the one before (programmatic dependent launches on sm_90+: the next grid may
+    start early and waits in griddepcontrol.wait), at batch 1 on small maps where the CTAs hold their whole weight
+    share, on one stream and replayed from one CUDA graph: each output as the float64 chain's."""
+    from shg_fast.ops.cuda_backend import cuda_launch_smem
+
+    props = torch.cuda.get_device_properties(0)
+    limit = props.shared_memory_per_block_optin
+    blocks64 = [make_block(256, 256).to("cuda") for _ in range(3)]
+    x64 = make_inputs(256, 256, 16, 16, n=1, with_upsample=False)[0].cuda()
+    x = x64.to(dtype).contiguous(memory_format=torch.channels_last)
+    blocks = [b.to(dtype) for b in blocks64]
+    if props.major >= 9:  # the path under test: every CTA loads its weight share up front
+        assert all(cuda_launch_smem(dtype, blocks[0], 1, s, s, props.multi_processor_count, limit)[1] for s in (16, 8))
+
+    def chain(x, blocks, run):  # 16x16, then its 2x2 max-pool (8x8), then 8x8
+        a = run(x, blocks[0])
+        b = run(a, blocks[1], pool_input=True)
+        return a, b, run(b, blocks[2])
+
+    def on_cuda(x, block, pool_input=False):
+        return residual_block(x, block, pool_input=pool_input, backend="cuda")
+
+    truth = chain(x64, blocks64, residual_block_reference)
+    same = chain(x, blocks, residual_block_reference)
+    if graph:
+        chain(x, blocks, on_cuda)  # warm-up: kernel attributes set outside the capture
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            outs = chain(x, blocks, on_cuda)
+        for out in outs:
+            out.fill_(float("nan"))  # what the replay does not write stays NaN
+        g.replay()
+    else:
+        outs = chain(x, blocks, on_cuda)
+    torch.cuda.synchronize()
+    for out, ref, ref_same in zip(outs, truth, same):
+        assert_close_to_reference(out, ref, MODE[dtype], ref_same)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_residual_block_nchw_input(channels_last, poison_empty):
     _check_block(128, 128, 2, 16, 16, torch.bfloat16, with_upsample=False, channels_last=channels_last)

@@ -240,3 +240,9 @@ def test_conv_config_rules(element_size, tf32):
         assert cfg["PACK_TAPS"] == (k > 1 and c1 < 16)
     assert conv_config(16, 128, 0, 128, 3, 3, element_size, tf32)["SPLIT_K"] > 1  # a 4x4 map at batch 1
     assert conv_config(64 * 4096, 256, 0, 128, 1, 1, element_size, tf32)["SPLIT_K"] == 1
+    # A pooled input halves BLOCK_K (the pipeline stages a window's four loads; see compiled-code.json).
+    plain = conv_config(64 * 1024, 256, 0, 128, 1, 1, element_size, tf32)
+    pooled = conv_config(64 * 1024, 256, 0, 128, 1, 1, element_size, tf32, pooled=True)
+    assert pooled["BLOCK_K"] == max(16, plain["BLOCK_K"] // 2)
+    assert {k: v for k, v in pooled.items() if k not in ("BLOCK_K", "SPLIT_K")} == \
+        {k: v for k, v in plain.items() if k not in ("BLOCK_K", "SPLIT_K")}
