@@ -158,7 +158,8 @@ void dispatch_pair(at::ScalarType x_type, at::ScalarType other, const char* op, 
     f(float{}, at::Half{});
   } else {
     TORCH_CHECK(x_type == other, op, ": unsupported dtype pair ", x_type, " and ", other);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_type, "bn_train_cpu", [&] { f(scalar_t{}, scalar_t{}); });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x_type, "bn_train_cpu",
+                                    [&] { f(scalar_t{}, scalar_t{}); });
   }
 }
 
