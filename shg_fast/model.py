@@ -157,7 +157,8 @@ class StackedHourglass(reference.StackedHourglass):
 
     * Training mode (of any submodule), or eval mode while a gradient is needed (grad mode on and
       a parameter or ``x`` requiring grad): the reference computation, so gradients equal the
-      reference's.
+      reference's; except that training mode on CPU inputs runs memory-efficient training by
+      default (next point).
     * Memory-efficient training (``memory_efficient``, keyword only, an attribute that can be
       switched; not part of :attr:`config` or the state_dict): training mode runs
       :mod:`shg_fast.training_ops`: the same outputs, gradients and running statistics up to
