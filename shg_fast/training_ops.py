@@ -80,29 +80,32 @@ class BNReLUConv(torch.autograd.Function):
     ``mean``/``invstd`` must be the batch statistics of ``x`` (computed without gradient): the
     backward differentiates through them analytically, as BatchNorm's does. Saves ``x`` and the
     parameters only. The conv runs in ``dtype`` (the autocast dtype, or x's); statistics float32+.
+    ``backend`` is :func:`~shg_fast.ops.bn_train.training_backend`'s choice for ``x`` and ``dtype``,
+    made once by the caller and used again by the backward's recomputation.
     """
 
     @staticmethod
-    def forward(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias, padding: int, dtype: torch.dtype):
+    def forward(x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias, padding: int, dtype: torch.dtype,
+                backend: str):
         with torch.autocast(x.device.type, enabled=False):
             scale, shift = _scale_shift(bn_weight, bn_bias, mean, invstd)
-            a = _activation(x, scale, shift, dtype, training_backend(x, dtype))
+            a = _activation(x, scale, shift, dtype, backend)
             return F.conv2d(a, conv_weight.to(dtype), None if conv_bias is None else conv_bias.to(dtype),
                             padding=padding)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias, padding, dtype = inputs
+        x, mean, invstd, bn_weight, bn_bias, conv_weight, conv_bias, padding, dtype, backend = inputs
         ctx.save_for_backward(x, mean, invstd, bn_weight, bn_bias, conv_weight)
         ctx.padding, ctx.dtype, ctx.has_bias = padding, dtype, conv_bias is not None
-        ctx.backend = training_backend(x, dtype)  # forward's choice: backward recomputes with the same code
+        ctx.backend = backend  # backward recomputes the activation with forward's code
         ctx.set_materialize_grads(False)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         if grad is None:
-            return (None,) * 9
+            return (None,) * 10
         x, mean, invstd, bn_weight, bn_bias, conv_weight = ctx.saved_tensors
         need_x, _, _, need_bw, need_bb, need_cw, need_cb = ctx.needs_input_grad[:7]
         with torch.autocast(x.device.type, enabled=False):
@@ -117,7 +120,7 @@ class BNReLUConv(torch.autograd.Function):
                 dx, dw, db = _bn_relu_backward(grad_a, a, x, bn_weight, bn_bias, mean, invstd, ctx.backend,
                                                (need_x, need_bw, need_bb))
         return (dx, None, None, dw, db, None if grad_cw is None else grad_cw.to(conv_weight.dtype),
-                None if grad_cb is None else grad_cb.to(conv_weight.dtype), None, None)
+                None if grad_cb is None else grad_cb.to(conv_weight.dtype), None, None, None)
 
 
 def _bn_relu_backward(grad_a, a, x, weight, bias, mean, invstd, backend: str, mask):
@@ -213,7 +216,9 @@ def bn_relu_conv(x: torch.Tensor, bn: nn.BatchNorm2d, weight: torch.Tensor, bias
                  padding: int) -> torch.Tensor:
     """``conv2d(relu(bn(x)), weight, bias, padding)`` in training mode, through :class:`BNReLUConv`."""
     mean, invstd = _batch_statistics(bn, x)
-    return BNReLUConv.apply(x, mean, invstd, bn.weight, bn.bias, weight, bias, padding, _compute_dtype(x))
+    dtype = _compute_dtype(x)
+    return BNReLUConv.apply(x, mean, invstd, bn.weight, bn.bias, weight, bias, padding, dtype,
+                            training_backend(x, dtype))
 
 
 def _bn_conv(x: torch.Tensor, bn: nn.BatchNorm2d, conv: nn.Conv2d) -> torch.Tensor:

@@ -225,7 +225,8 @@ def test_max_pool_and_bn_relu_conv_gradients_in_float64():
         saved = bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()
         mean, invstd = training_ops._batch_statistics(bn, inp)
         bn.running_mean.copy_(saved[0]), bn.running_var.copy_(saved[1]), bn.num_batches_tracked.copy_(saved[2])
-        return training_ops.BNReLUConv.apply(inp, mean, invstd, w, b, cw, cb, 1, torch.float64)
+        return training_ops.BNReLUConv.apply(inp, mean, invstd, w, b, cw, cb, 1, torch.float64,
+                                             bn_train.training_backend(inp, torch.float64))
 
     params = (bn.weight.detach().clone().requires_grad_(), bn.bias.detach().clone().requires_grad_(),
               conv.weight.detach().clone().requires_grad_(), conv.bias.detach().clone().requires_grad_())
