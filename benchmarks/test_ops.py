@@ -16,8 +16,9 @@ from shg_fast.backends import BACKENDS, backend_status, triton_interpreter
 from shg_fast.benchmarking import DTYPES
 from shg_fast.testing import randomize_batchnorm
 from shg_fast.fusion import FoldedResidual
-from shg_fast.ops import (conv_bn_relu, decode_heatmaps, residual_block, upsample_add, winograd_available,
-                          winograd_conv3x3, winograd_conv3x3_reference, winograd_weight)
+from shg_fast.ops import (conv1x1, conv1x1_available, conv1x1_reference, conv1x1_weight, conv_bn_relu,
+                          decode_heatmaps, residual_block, upsample_add, winograd_available, winograd_conv3x3,
+                          winograd_conv3x3_reference, winograd_weight)
 from shg_fast.reference import Residual
 from shg_fast.testing import max_rel_error, tolerance
 
@@ -128,4 +129,37 @@ def test_cpu_conv3x3_winograd_vs_direct(size, algorithm, timed, benchmark):
     with torch.inference_mode():
         out = timed(fn, *args, images=BATCH, flops_per_image=2 * MID * MID * 9 * size * size, relu=True)
     truth = winograd_conv3x3_reference(x.double(), weight.double(), bias.double(), relu=True)
+    assert max_rel_error(out, truth) <= tolerance("float32")
+
+
+@pytest.mark.skipif(ON_GPU or not conv1x1_available(), reason="CPU only; needs the C++ extension")
+@pytest.mark.parametrize("algorithm", ["conv1x1", "onednn"])
+@pytest.mark.parametrize("size", SIZES[:-1])
+def test_cpu_conv1x1_clamp_relu_vs_onednn(size, algorithm, timed, benchmark):
+    """The residual's first conv (256 -> 128 after the BN-ReLU prologue as a per-channel clamp, ReLU) as
+    the CPU runner runs it: shg_fast::conv1x1 with the clamp and ReLU fused, against the clamp pass,
+    oneDNN's conv on prepacked weights and the ReLU pass (``SHG_FAST_CONV1X1=0``)."""
+    x = _rand(BATCH, FEATURES, size, size).contiguous(memory_format=torch.channels_last)
+    weight, bias = _rand(MID, FEATURES, 1, 1) / 16, _rand(MID)
+    lo = torch.where(torch.arange(FEATURES) % 2 == 0, _rand(FEATURES), torch.full((FEATURES,), -float("inf")))
+    hi = torch.where(torch.arange(FEATURES) % 2 == 1, _rand(FEATURES), torch.full((FEATURES,), float("inf")))
+    if algorithm == "conv1x1":
+        fn, args = conv1x1, (x, conv1x1_weight(weight), MID, bias)
+    else:
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            weight.contiguous(memory_format=torch.channels_last), [0, 0], [1, 1], [1, 1], 1, list(x.shape))
+        lo4, hi4 = lo.view(1, -1, 1, 1), hi.view(1, -1, 1, 1)
+
+        def fn(x, packed, bias, clamp, relu):
+            clamped = torch.clamp(x, lo4, hi4)
+            return torch.ops.mkldnn._convolution_pointwise(clamped, packed, bias, [0, 0], [1, 1], [1, 1], 1, "none", [],
+                                                           "").relu_()
+
+        args = (x, packed, bias)
+    benchmark.group = f"conv1x1 clamp+relu {size}x{size} batch {BATCH} fp32 (CPU runner)"
+    with torch.inference_mode():
+        out = timed(fn, *args, images=BATCH, flops_per_image=2 * FEATURES * MID * size * size, clamp=(lo, hi),
+                    relu=True)
+    truth = conv1x1_reference(x.double(), weight.double(), bias.double(), clamp=(lo.double(), hi.double()),
+                              relu=True)
     assert max_rel_error(out, truth) <= tolerance("float32")

@@ -121,6 +121,45 @@ inline void check_winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight
   }
 }
 
+// 1x1 convolution: float32 CPU, x (N, C_in, H, W), weight_p (ceil(C_out / 16), C_in, 16) from conv1x1_weight,
+// per-channel vectors contiguous.
+inline void check_conv1x1_vector(const c10::optional<at::Tensor>& t, const char* name, int64_t size) {
+  if (t.has_value()) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == size && t->scalar_type() == at::kFloat, "conv1x1: ", name,
+                " must be (", size, ",) float32, got ", t->sizes(), " ", t->scalar_type());
+    TORCH_CHECK(t->device().is_cpu(), "conv1x1: ", name, " must be a CPU tensor, got ", t->device());
+  }
+}
+
+inline void check_conv1x1_weight(const at::Tensor& weight) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1,
+              "conv1x1_weight: weight must be (C_out, C_in, 1, 1), got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == at::kFloat, "conv1x1_weight: weight must be float32, got ",
+              weight.scalar_type());
+}
+
+inline void check_conv1x1(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
+                          const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
+                          const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add) {
+  TORCH_CHECK(x.dim() == 4, "conv1x1: x must be 4-D (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "conv1x1: x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(out_channels > 0, "conv1x1: out_channels must be positive, got ", out_channels);
+  TORCH_CHECK(weight_p.dim() == 3 && weight_p.size(0) == (out_channels + 15) / 16 && weight_p.size(1) == x.size(1) &&
+                  weight_p.size(2) == 16 && weight_p.scalar_type() == at::kFloat,
+              "conv1x1: weight_p must be (", (out_channels + 15) / 16, ", C_in = ", x.size(1),
+              ", 16) float32 from conv1x1_weight, got ", weight_p.sizes(), " ", weight_p.scalar_type());
+  check_conv1x1_vector(bias, "bias", out_channels);
+  TORCH_CHECK(clamp_lo.has_value() == clamp_hi.has_value(), "conv1x1: clamp_lo and clamp_hi go together");
+  check_conv1x1_vector(clamp_lo, "clamp_lo", x.size(1));
+  check_conv1x1_vector(clamp_hi, "clamp_hi", x.size(1));
+  if (add.has_value()) {
+    TORCH_CHECK(add->dim() == 4 && add->size(0) == x.size(0) && add->size(1) == out_channels &&
+                    add->size(2) == x.size(2) && add->size(3) == x.size(3) && add->scalar_type() == at::kFloat,
+                "conv1x1: add must be (", x.size(0), ", ", out_channels, ", ", x.size(2), ", ", x.size(3),
+                ") float32, got ", add->sizes(), " ", add->scalar_type());
+  }
+}
+
 // Memory-efficient training ops (CPU): NCHW-contiguous 4-D tensors; per-channel vectors (C,) contiguous in
 // the accumulation dtype (float64 for float64 x, else float32).
 inline void check_nchw(const at::Tensor& t, const char* op, const char* name) {

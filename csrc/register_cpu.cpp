@@ -39,6 +39,18 @@ at::Tensor winograd_conv3x3_cpu(const at::Tensor& x, const at::Tensor& weight_t,
   return cpu::winograd_conv3x3(x, weight_t, bias, relu);
 }
 
+at::Tensor conv1x1_weight_cpu(const at::Tensor& weight) {
+  check_conv1x1_weight(weight);
+  return cpu::conv1x1_weight(weight);
+}
+
+at::Tensor conv1x1_cpu(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
+                       const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
+                       const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add, bool relu) {
+  check_conv1x1(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add);
+  return cpu::conv1x1(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, relu);
+}
+
 at::Tensor bn_relu_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, at::ScalarType dtype) {
   check_bn_relu(x, scale, shift, dtype);
   return cpu::bn_relu(x, scale, shift, dtype);
@@ -64,6 +76,8 @@ TORCH_LIBRARY_IMPL(shg_fast, CPU, m) {
   m.impl("residual_block", &residual_block_cpu);
   m.impl("winograd_weight", &winograd_weight_cpu);
   m.impl("winograd_conv3x3", &winograd_conv3x3_cpu);
+  m.impl("conv1x1_weight", &conv1x1_weight_cpu);
+  m.impl("conv1x1", &conv1x1_cpu);
   m.impl("bn_relu", &bn_relu_cpu);
   m.impl("bn_relu_backward", &bn_relu_backward_cpu);
   m.impl("max_pool2x2_backward", &max_pool2x2_backward_cpu);

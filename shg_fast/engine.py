@@ -64,16 +64,17 @@ class Settings:
 
     backend: str  # requested backend: 'auto' or a forced one ($SHG_FAST_BACKEND)
     winograd: bool  # the CPU runner's 3x3 convs by Winograd ($SHG_FAST_WINOGRAD, kernel present)
+    conv1x1: bool  # the CPU runner's float32 1x1 convs by shg_fast::conv1x1 ($SHG_FAST_CONV1X1, kernel present)
     tf32: bool  # float32 Triton convs with TF32 products (torch.backends.cuda.matmul.allow_tf32)
     interpreter: bool  # Triton runs in its interpreter (TRITON_INTERPRET=1)
 
 
 def current_settings() -> Settings:
     """The settings now in force (environment and PyTorch flags): part of a program's cache key."""
-    from .plan import winograd_enabled
+    from .plan import conv1x1_enabled, winograd_enabled
 
-    return Settings(requested_backend(), winograd_enabled(), bool(torch.backends.cuda.matmul.allow_tf32),
-                    triton_interpreter())
+    return Settings(requested_backend(), winograd_enabled(), conv1x1_enabled(),
+                    bool(torch.backends.cuda.matmul.allow_tf32), triton_interpreter())
 
 
 @dataclass(frozen=True)
@@ -345,7 +346,7 @@ class _Builder:
         self.specs: list[tuple] = [((batch, 3, height, width), False)]  # register 0: the input
         self.cpu = None
         if self.choice.cpu_runner:
-            self.cpu = plan_module.CpuConvs(settings.winograd)
+            self.cpu = plan_module.CpuConvs(settings.winograd, settings.conv1x1)
         if self.choice.gpu_engine:
             from .kernels.conv_bn_relu import (H200_SMS, REDUCE_BLOCK, conv_bn_relu_kernel, conv_config,
                                                conv_split_k_reduce_kernel, k_steps)

@@ -13,11 +13,13 @@ or the drop-in :class:`shg_fast.StackedHourglass`, BatchNorm or SyncBatchNorm) a
 
 :meth:`FusedPlan.__call__` runs the :class:`~shg_fast.engine.Program` built for the input's
 shape (:mod:`shg_fast.engine`: tactics chosen once, weights in each kernel's layout, no per-call
-backend choice). Its float32 CPU tactics are :class:`CpuConvs`: oneDNN convolutions with
-prepacked weights, residual adds as conv post-ops (ReLU as a separate in-place pass: oneDNN's ReLU
-post-op turns NaN into 0), the BN-ReLU prologue as one clamp
-pass, the C++ ``upsample_add``, and the 3x3 convs by the C++ Winograd F(4x4, 3x3) kernel unless
-``SHG_FAST_WINOGRAD=0``. bfloat16 plans take the same runner where oneDNN has native bfloat16
+backend choice). Its float32 CPU tactics are :class:`CpuConvs`: every 1x1 conv on the C++
+``conv1x1`` kernel with the block's BN-ReLU prologue (one per-channel clamp), bias, residual add
+and ReLU fused unless ``SHG_FAST_CONV1X1=0``, the 3x3 convs by the C++ Winograd F(4x4, 3x3) kernel
+unless ``SHG_FAST_WINOGRAD=0``, the C++ ``upsample_add``, and oneDNN convolutions with prepacked
+weights for the rest (the stem's 7x7; with the kernels off, the 1x1 and 3x3 convs too), residual
+adds as their post-ops (ReLU as a separate in-place pass: oneDNN's ReLU post-op turns NaN into 0)
+and the clamp a separate pass. bfloat16 plans take the same runner where oneDNN has native bfloat16
 convolutions (AVX-512 BW/VL/DQ or AVX-NE-CONVERT; AMX or AVX-512 BF16 make them fast, detected
 through torch, never assumed): weights prepacked in bf16 for oneDNN's kernels (AMX where present),
 the residual add a post-op, the prologue clamp and the upsample-add in bf16, float32 accumulation
@@ -40,6 +42,7 @@ from . import ops
 from .backends import requested_backend
 from .engine import Program, build_program, current_settings
 from .fusion import FoldedResidual, fold_bn_into_conv, merge_head
+from .ops.pointwise_conv import conv1x1, conv1x1_available, conv1x1_weight
 from .ops.upsample_add import UPSAMPLE_ADD
 from .tactics import Tactic
 
@@ -140,6 +143,7 @@ class FusedPlan:
             "merged_heads": sum(s.head_w.shape[0] > self.num_joints for s in self.stacks),
             "runner": "mkldnn" if mkldnn else "ops",
             "winograd_3x3": mkldnn and self.dtype == torch.float32 and winograd_enabled(),
+            "conv1x1": mkldnn and self.dtype == torch.float32 and conv1x1_enabled(),
         }
 
 
@@ -233,6 +237,15 @@ def winograd_enabled() -> bool:
     return os.environ.get(WINOGRAD_ENV_VAR, "1").strip() != "0" and ops.winograd_available()
 
 
+#: Environment variable: ``0`` makes the CPU runner run its float32 1x1 convs on oneDNN instead of shg_fast::conv1x1.
+CONV1X1_ENV_VAR = "SHG_FAST_CONV1X1"
+
+
+def conv1x1_enabled() -> bool:
+    """True when the CPU runner's float32 1x1 convs use ``shg_fast::conv1x1`` (the kernel exists, ``$SHG_FAST_CONV1X1`` is not 0)."""
+    return os.environ.get(CONV1X1_ENV_VAR, "1").strip() != "0" and conv1x1_available()
+
+
 def _onednn_pack(w: torch.Tensor, pad: list[int], stride: int, x_shape) -> torch.Tensor:
     """``w`` reordered once into oneDNN's blocked layout for inputs of ``x_shape`` (its dtype kept)."""
     return torch.ops.mkldnn._reorder_convolution_weight(w, pad, [stride] * 2, [1, 1], 1, list(x_shape))
@@ -251,24 +264,38 @@ def _onednn_conv_add(x: torch.Tensor, a: torch.Tensor, packed: torch.Tensor, b: 
 
 
 class CpuConvs:
-    """float32/bfloat16 CPU tactics: oneDNN convolutions with weights prepacked once, the add fused, NaN kept.
+    """float32/bfloat16 CPU tactics: 1x1 convs by shg_fast::conv1x1, 3x3 by Winograd, the rest on oneDNN.
 
     The CPU runner of the engine (:mod:`shg_fast.engine`): :meth:`conv` and :meth:`block`
-    decide, once per program, how each conv runs (Winograd, ATen or prepacked oneDNN) and return
-    a callable with those decisions and the packed weights bound, and its tactic. The add of a
-    residual (and of the upsampled lower branch, added into it beforehand by the C++
-    upsample_add) is a post-op of the conv producing the block's output.
+    decide, once per program, how each conv runs (``conv1x1``, Winograd, ATen or prepacked oneDNN)
+    and return a callable with those decisions and the packed weights bound, and its tactic. The
+    add of a residual (and of the upsampled lower branch, added into it beforehand by the C++
+    upsample_add) is fused into the conv producing the block's output, and the block's BN-ReLU
+    prologue, a per-channel clamp, into its first conv where that conv is a ``conv1x1``.
     """
 
-    def __init__(self, winograd: bool):
+    def __init__(self, winograd: bool, conv1x1: bool = False):
         self.winograd = winograd
+        self.conv1x1 = conv1x1
         self._upsample_add = (torch.ops.shg_fast.upsample_add if "cpu" in UPSAMPLE_ADD.impls
                               else ops.upsample_add_reference)
 
     def conv(self, w: torch.Tensor, b: torch.Tensor, x_shape, *, stride: int = 1, padding: int | None = None,
-             relu: bool = False, add: bool = False) -> tuple[Callable, Tactic]:
-        """``f(x)`` (``f(x, add)`` with ``add``) running this conv on inputs of ``x_shape``, and its tactic."""
+             relu: bool = False, add: bool = False, clamp: tuple | None = None) -> tuple[Callable, Tactic]:
+        """``f(x)`` (``f(x, add)`` with ``add``) running this conv on inputs of ``x_shape``, and its tactic.
+
+        ``clamp``: per-input-channel ``(lo, hi)`` bounds, each ``(1, C_in, 1, 1)``, applied to x first.
+        """
         pad = [w.shape[-1] // 2 if padding is None else padding] * 2
+        if w.shape[-1] == 1 and stride == 1 and pad[0] == 0 and w.dtype == torch.float32 and self.conv1x1:
+            return self._conv1x1(w, b, relu, add, clamp)
+        if clamp is not None:
+            conv, tactic = self.conv(w, b, x_shape, stride=stride, padding=padding, relu=relu, add=add)
+            lo, hi = clamp
+            tactic = dataclasses.replace(tactic, reason=tactic.reason + "; the clamp prologue a separate pass")
+            if add:
+                return (lambda x, a: conv(torch.clamp(x, lo, hi), a)), tactic
+            return (lambda x: conv(torch.clamp(x, lo, hi))), tactic
         if (w.shape[-1] == 3 and stride == 1 and pad[0] == 1 and not add and w.dtype == torch.float32
                 and min(x_shape[-2:]) >= WINOGRAD_MIN_SIDE and self.winograd):
             weight_t, winograd = ops.winograd_weight(w), ops.winograd_conv3x3
@@ -294,11 +321,24 @@ class CpuConvs:
 
         return conv, tactic
 
+    @staticmethod
+    def _conv1x1(w: torch.Tensor, b: torch.Tensor, relu: bool, add: bool, clamp: tuple | None):
+        """A float32 1x1 conv on shg_fast::conv1x1, with the clamp, bias, add and ReLU fused."""
+        packed, c_out = conv1x1_weight(w.contiguous()), w.shape[0]
+        bounds = None if clamp is None else tuple(t.reshape(-1).contiguous() for t in clamp)
+        fused = [name for name, on in (("clamp prologue", clamp is not None), ("bias", True), ("add", add),
+                                       ("ReLU", relu)) if on]
+        tactic = Tactic("conv1x1", "1x1 conv as a register-blocked GEMM on weights packed once, "
+                        + ", ".join(fused) + " fused")
+        if add:
+            return (lambda x, a: conv1x1(x, packed, c_out, b, clamp=bounds, add=a, relu=relu)), tactic
+        return (lambda x: conv1x1(x, packed, c_out, b, clamp=bounds, relu=relu)), tactic
+
     def block(self, block: FoldedResidual, x_shape, upsample: bool) -> tuple[Callable, Tactic]:
         """``f(x)`` (``f(x, low)`` with ``upsample``) running one residual block, and its tactic."""
         lo, hi, w1, b1 = _clamp_prologue(block)
         mid_shape = (x_shape[0], block.mid_channels, *x_shape[2:])
-        conv1, t1 = self.conv(w1, b1, x_shape, relu=True)
+        conv1, t1 = self.conv(w1, b1, x_shape, relu=True, clamp=(lo, hi))
         conv2, t2 = self.conv(block.w2, block.b2, mid_shape, relu=True)
         conv3, t3 = self.conv(block.w3, block.b3, mid_shape, add=True)
         skip_conv, ts = (None, None) if block.ws is None else self.conv(block.ws, block.bs, x_shape)
@@ -306,11 +346,11 @@ class CpuConvs:
         config = {"conv1": t1.backend, "conv2": t2.backend, "conv3": t3.backend}
         if ts is not None:
             config["skip"] = ts.backend
-        tactic = Tactic("mkldnn", "float32 CPU runner: BN-ReLU prologue as one clamp, convs as configured, "
-                        "the skip added as conv3's post-op", config)
+        tactic = Tactic("mkldnn", f"{block.w1.dtype} CPU runner: BN-ReLU prologue as one clamp (fused into conv1 "
+                        "where it is a conv1x1), convs as configured, the skip added as conv3's post-op", config)
 
         def run(x: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
-            h = conv2(conv1(torch.clamp(x, lo, hi)))
+            h = conv2(conv1(x))
             skip = x if skip_conv is None else skip_conv(x)
             if low is not None:
                 skip = upsample_add(low, skip)

@@ -40,8 +40,10 @@ Default rule (no entry, or the entry's backend cannot run here):
   ``reference``; a max-pool is fused into the block that reads it (else ``aten``); the decode
   on ``triton``, else ``cuda``.
 * CPU, float32, ``auto`` backend and oneDNN present: the ``mkldnn`` tactics of the CPU runner
-  (prepacked oneDNN convs with fused ReLU/add, 3x3 convs by ``winograd`` on maps of 8x8 and
-  up unless ``SHG_FAST_WINOGRAD=0``, 1x1 convs on maps of at most 64 pixels by ``aten``).
+  (1x1 convs by ``conv1x1`` with the clamp prologue, bias, add and ReLU fused unless
+  ``SHG_FAST_CONV1X1=0``, then on maps of at most 64 pixels by ``aten``; 3x3 convs by
+  ``winograd`` on maps of 8x8 and up unless ``SHG_FAST_WINOGRAD=0``; the rest prepacked oneDNN
+  convs with fused add).
 * Otherwise (other dtypes, a forced ``SHG_FAST_BACKEND``, no oneDNN) the public op's backend,
   chosen once when the program is built (the forced one, or the first of the ``auto`` order
   that can run); a forced ``triton`` on CPU tensors (the interpreter) runs the engine's own

@@ -32,6 +32,7 @@ def test_info_without_the_extension():
     assert "reference  available" in result.stdout
     assert "cpu        unavailable" in result.stdout
     assert "direct 3x3 (no Winograd kernel in the extension)" in result.stdout
+    assert "1x1 convs on oneDNN (no conv1x1 kernel in the extension)" in result.stdout
 
 
 def test_module_entry_point():

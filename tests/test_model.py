@@ -419,6 +419,35 @@ def test_cpu_runner_uses_winograd_for_3x3_convs_unless_disabled(monkeypatch):
     assert len(calls) == 2 * first_calls
 
 
+def test_cpu_runner_uses_conv1x1_for_1x1_convs_unless_disabled(monkeypatch):
+    """float32 CPU plans run every 1x1 conv on shg_fast::conv1x1, each block's clamp prologue fused into
+    its conv1; SHG_FAST_CONV1X1=0 runs them on oneDNN. Both ways match the float64 reference.
+    """
+    from shg_fast import ops, plan
+
+    if mkldnn_runner_reasons() or not ops.conv1x1_available():
+        pytest.skip("the float32 CPU runner or the conv1x1 kernel is not available")
+    calls, packs = [], []
+    conv, pack = plan.conv1x1, plan.conv1x1_weight
+    monkeypatch.setattr(plan, "conv1x1", lambda x, *a, **k: calls.append(k.get("clamp") is not None) or conv(x, *a, **k))
+    monkeypatch.setattr(plan, "conv1x1_weight", lambda w: packs.append(w.shape) or pack(w))
+    ref, fast = make_pair(*CONFIGS[0])
+    x = torch.rand(1, 3, 64, 64)
+    assert fast.eval().plan_info()["conv1x1"]
+    assert_plan_matches(fast, ref, x)
+    blocks = fast.plan_info()["residual_blocks"]
+    assert sum(calls) == blocks  # one fused clamp per block, in its conv1
+    first_calls = len(calls)
+    assert len(packs) == first_calls  # every 1x1 conv has its own weights, packed once per plan
+    assert_plan_matches(fast, ref, x)
+    assert len(calls) == 2 * first_calls and len(packs) == first_calls
+
+    monkeypatch.setenv("SHG_FAST_CONV1X1", "0")
+    assert not fast.plan_info()["conv1x1"]
+    assert_plan_matches(fast, ref, x)
+    assert len(calls) == 2 * first_calls
+
+
 def test_updates_through_data_need_invalidate_plan():
     """``p.data`` has its own version counter, so only invalidate_plan() shows such updates."""
     _, fast = make_pair()

@@ -56,6 +56,7 @@ def _assert_same_nonfinite(out: torch.Tensor, twin: torch.Tensor) -> None:
 RUNNERS = {
     "mkldnn, Winograd 3x3": {},
     "mkldnn, direct 3x3": {"SHG_FAST_WINOGRAD": "0"},
+    "mkldnn, oneDNN 1x1": {"SHG_FAST_CONV1X1": "0"},
     "ops, reference backend": {"SHG_FAST_BACKEND": "reference"},
 }
 

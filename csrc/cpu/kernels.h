@@ -32,6 +32,16 @@ at::Tensor winograd_weight(const at::Tensor& weight);
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
                             bool relu);
 
+// 1x1 conv weights (C_out, C_in, 1, 1) float32 -> (ceil(C_out / 16), C_in, 16) panels, zero past C_out.
+at::Tensor conv1x1_weight(const at::Tensor& weight);
+
+// 1x1 convolution (stride 1) on panels from conv1x1_weight: x clamped per input channel to
+// [clamp_lo, clamp_hi] when given, then bias, add and ReLU as asked (float32; arguments as the
+// shg_fast::conv1x1 schema, already checked).
+at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
+                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
+                   const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add, bool relu);
+
 // Memory-efficient training (NCHW-contiguous tensors, arguments as the schemas, already checked):
 // relu(x * scale + shift) per channel in dtype; the backward of relu(BN(x)) on batch statistics
 // returning (dx, d weight, d bias) with the sums in scale's dtype; the 2x2/2 max-pool's backward.

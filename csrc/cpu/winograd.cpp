@@ -13,13 +13,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "../checks.h"
+#include "cpu_common.h"
+#include "gemm_tile.h"
 #include "kernels.h"
 
 namespace shg_fast::cpu {
@@ -44,16 +45,8 @@ constexpr double kG[kAlpha][3] = {
 constexpr int64_t kGrainTiles = 16;
 
 // Bytes of transformed tiles (V and M) per pass: larger maps and batches go through in chunks of
-// tiles this size, so the scratch stays bounded, cache-resident and reused (see workspace()).
+// tiles this size, so the scratch stays bounded, cache-resident and reused (see thread_scratch()).
 constexpr int64_t kWorkspaceBytes = 16 << 20;
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define SHG_WINOGRAD_AVX2 1
-#define SHG_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define SHG_WINOGRAD_AVX2 0
-#define SHG_ALWAYS_INLINE inline
-#endif
 
 // out = B^T in, column by column of kLanes channels:
 // B^T = [[1, -3/2, -2, 3/2, 1, 0], [0, 1, -5/2, 1/2, 1, 0], [0, -1, 1/2, 5/2, 1, 0],
@@ -207,36 +200,25 @@ void output_transform_baseline(const T* m, const T* bias, T* y, const TileGrid& 
   output_transform_body(m, bias, y, g, C, relu, first, begin, end);
 }
 
-#if SHG_WINOGRAD_AVX2
+#if SHG_CPU_AVX2
 template <typename T>
-__attribute__((target("avx2,fma"))) void input_transform_avx2(const T* x, T* v, const TileGrid& g, int64_t C,
+SHG_TARGET_AVX2 void input_transform_avx2(const T* x, T* v, const TileGrid& g, int64_t C,
                                                                int64_t first, int64_t begin, int64_t end) {
   input_transform_body(x, v, g, C, first, begin, end);
 }
 
 template <typename T>
-__attribute__((target("avx2,fma"))) void output_transform_avx2(const T* m, const T* bias, T* y, const TileGrid& g,
+SHG_TARGET_AVX2 void output_transform_avx2(const T* m, const T* bias, T* y, const TileGrid& g,
                                                                 int64_t C, bool relu, int64_t first, int64_t begin,
                                                                 int64_t end) {
   output_transform_body(m, bias, y, g, C, relu, first, begin, end);
-}
-
-// True when the CPU has AVX2 and FMA, unless SHG_FAST_CPU_BASELINE=1 asks for the baseline code
-// (read once per process; the tests run both paths).
-bool use_avx2_fma() {
-  static const bool use = [] {
-    const char* baseline = std::getenv("SHG_FAST_CPU_BASELINE");
-    const bool forced_baseline = baseline != nullptr && std::string(baseline) == "1";
-    return !forced_baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return use;
 }
 #endif
 
 template <typename T>
 void input_transform(const T* x, T* v, const TileGrid& g, int64_t C, int64_t first, int64_t last) {
   at::parallel_for(first, last, kGrainTiles, [&](int64_t begin, int64_t end) {
-#if SHG_WINOGRAD_AVX2
+#if SHG_CPU_AVX2
     if (use_avx2_fma()) {
       return input_transform_avx2(x, v, g, C, first, begin, end);
     }
@@ -249,7 +231,7 @@ template <typename T>
 void output_transform(const T* m, const T* bias, T* y, const TileGrid& g, int64_t C, bool relu, int64_t first,
                       int64_t last) {
   at::parallel_for(first, last, kGrainTiles, [&](int64_t begin, int64_t end) {
-#if SHG_WINOGRAD_AVX2
+#if SHG_CPU_AVX2
     if (use_avx2_fma()) {
       return output_transform_avx2(m, bias, y, g, C, relu, first, begin, end);
     }
@@ -272,22 +254,30 @@ void position_gemms(const at::Tensor& v, const at::Tensor& u, const at::Tensor& 
   });
 }
 
-// Scratch of at least `bytes`, owned by the calling thread and reused by its later calls: a fresh
-// buffer of several MB per call costs page faults comparable to the transforms themselves.
-char* workspace(int64_t bytes) {
-  thread_local c10::DataPtr buffer;
-  thread_local int64_t capacity = 0;
-  if (bytes > capacity) {
-    buffer = c10::GetCPUAllocator()->allocate(bytes);
-    capacity = bytes;
-  }
-  return static_cast<char*>(buffer.get());
+// The same for float32 with C_out a multiple of kTileCols, on the register-blocked micro-tile instead of
+// at::bmm (which adds per-matrix dispatch and repacks u on every call): the positions are split over
+// the threads; per position, each group of kTileRows tiles (rows 36 C_in apart in the tile-major v)
+// runs over every column panel of u[p] while its rows stay in L1.
+void position_gemms_tiled(const float* v, const float* u, float* m, int64_t tiles, int64_t c_in, int64_t c_out) {
+  at::parallel_for(0, kPositions, 1, [&](int64_t begin, int64_t end) {
+    const TileEpilogue none{nullptr, nullptr, 0, false};
+    for (int64_t p = begin; p < end; ++p) {
+      const float* u_p = u + p * c_in * c_out;
+      for (int64_t t = 0; t < tiles; t += kTileRows) {
+        const int64_t rows = std::min(kTileRows, tiles - t);
+        for (int64_t col = 0; col < c_out; col += kTileCols) {
+          gemm_tile(v + (t * kPositions + p) * c_in, kPositions * c_in, u_p + col, c_out, c_in,
+                    m + (t * kPositions + p) * c_out + col, kPositions * c_out, rows, kTileCols, none);
+        }
+      }
+    }
+  });
 }
 
 }  // namespace
 
 std::string winograd_isa() {
-#if SHG_WINOGRAD_AVX2
+#if SHG_CPU_AVX2
   return use_avx2_fma() ? "avx2+fma" : "baseline";
 #else
   return "baseline";
@@ -315,7 +305,7 @@ at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight_t, 
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
   const int64_t tile_bytes = kPositions * (c_in + c_out) * static_cast<int64_t>(x.element_size());
   const int64_t chunk = std::min(g.tiles(), std::max<int64_t>(1, kWorkspaceBytes / tile_bytes));
-  char* scratch = workspace(chunk * tile_bytes);
+  char* scratch = thread_scratch(Scratch::kWinograd, chunk * tile_bytes);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3_cpu", [&] {
     scalar_t* v_data = reinterpret_cast<scalar_t*>(scratch);
     scalar_t* m_data = v_data + chunk * kPositions * c_in;
@@ -324,7 +314,12 @@ at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight_t, 
       const at::Tensor v = at::from_blob(v_data, {last - first, kPositions, c_in}, x.options());
       const at::Tensor m = at::from_blob(m_data, {last - first, kPositions, c_out}, x.options());
       input_transform(x.const_data_ptr<scalar_t>(), v_data, g, c_in, first, last);
-      position_gemms(v, u, m);
+      if (std::is_same_v<scalar_t, float> && c_out % kTileCols == 0) {  // the casts are no-ops then
+        position_gemms_tiled(reinterpret_cast<const float*>(v_data), u.const_data_ptr<float>(),
+                             reinterpret_cast<float*>(m_data), last - first, c_in, c_out);
+      } else {
+        position_gemms(v, u, m);
+      }
       output_transform(m_data, bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr,
                        y.mutable_data_ptr<scalar_t>(), g, c_out, relu, first, last);
     }

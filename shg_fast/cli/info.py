@@ -87,10 +87,15 @@ def _cpu_runner() -> str:
     reasons = plan.mkldnn_runner_reasons()
     if reasons:
         return "public ops (" + "; ".join(reasons) + ")"
+    if plan.conv1x1_enabled():
+        pointwise = f"1x1 convs by shg_fast::conv1x1 ({ops.winograd.winograd_isa()})"
+    else:
+        why = f"{plan.CONV1X1_ENV_VAR}=0" if ops.conv1x1_available() else "no conv1x1 kernel in the extension"
+        pointwise = f"1x1 convs on oneDNN ({why})"
     if plan.winograd_enabled():
-        return f"oneDNN convs, 3x3 convs by Winograd F(4x4, 3x3) ({ops.winograd.winograd_isa()} transforms)"
+        return f"{pointwise}, 3x3 convs by Winograd F(4x4, 3x3) ({ops.winograd.winograd_isa()} transforms)"
     why = f"{plan.WINOGRAD_ENV_VAR}=0" if ops.winograd_available() else "no Winograd kernel in the extension"
-    return f"oneDNN convs, direct 3x3 ({why})"
+    return f"{pointwise}, oneDNN direct 3x3 ({why})"
 
 
 def info_lines() -> list[str]:

@@ -5,6 +5,7 @@ or ``auto``; see :mod:`shg_fast.backends`) and runs it.
 """
 
 from . import cuda_backend  # noqa: F401  (registers the extension backends of residual_block)
+from .pointwise_conv import conv1x1, conv1x1_available, conv1x1_reference, conv1x1_weight
 from .conv_bn_relu import conv_bn_relu, conv_bn_relu_reference
 from .decode_heatmaps import MPII_FLIP_PAIRS, decode_heatmaps, decode_heatmaps_reference, flip_permutation
 from .residual_block import residual_block, residual_block_reference
@@ -14,6 +15,10 @@ from . import triton_backend  # noqa: E402,F401  (registers the triton backend; 
 
 __all__ = [
     "MPII_FLIP_PAIRS",
+    "conv1x1",
+    "conv1x1_available",
+    "conv1x1_reference",
+    "conv1x1_weight",
     "conv_bn_relu",
     "conv_bn_relu_reference",
     "decode_heatmaps",

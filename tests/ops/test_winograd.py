@@ -17,9 +17,10 @@ from shg_fast.testing import TOLERANCES, WINOGRAD_ERROR_FACTOR, max_rel_error
 pytestmark = pytest.mark.skipif(not winograd_available(), reason="the C++ extension is not built")
 
 # (N, C_in, C_out, H, W): single pixel, partial tiles at both edges, channel counts off the 8-lane
-# vector width, exact tiles, a batch.
+# vector width, exact tiles, a batch. C_out a multiple of 16 runs float32 position GEMMs on the
+# micro-tile (tile counts off its 6 rows: 4, 35, 18), other C_out on at::bmm.
 SHAPES = [(1, 3, 5, 1, 1), (2, 17, 9, 7, 13), (1, 16, 16, 8, 8), (3, 20, 33, 9, 6), (1, 8, 8, 4, 5),
-          (2, 64, 24, 21, 19)]
+          (2, 64, 24, 21, 19), (1, 7, 48, 19, 25), (2, 24, 32, 11, 10)]
 
 
 def make(shape, dtype, seed=0):
@@ -151,8 +152,9 @@ def test_missing_kernel_raises_backend_unavailable(monkeypatch):
 
 
 def test_baseline_instruction_set_path(tmp_path):
-    """SHG_FAST_CPU_BASELINE=1 runs the transforms built for the baseline ISA (what a CPU without AVX2 gets)."""
-    x, weight, bias = make((2, 24, 40, 13, 10), torch.float32)
+    """SHG_FAST_CPU_BASELINE=1 runs the transforms and GEMM micro-tile built for the baseline ISA (what a CPU
+    without AVX2 gets)."""
+    x, weight, bias = make((2, 24, 48, 13, 10), torch.float32)
     torch.save((x, weight, bias), tmp_path / "case.pt")
     code = ("import torch, sys; from shg_fast.ops import winograd_conv3x3, winograd_weight; "
             "from shg_fast.ops.winograd import winograd_isa; "
