@@ -140,7 +140,8 @@ inline void check_conv1x1_weight(const at::Tensor& weight) {
 
 inline void check_conv1x1(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
                           const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
-                          const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add) {
+                          const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
+                          const c10::optional<at::Tensor>& add_low) {
   TORCH_CHECK(x.dim() == 4, "conv1x1: x must be 4-D (N, C, H, W), got ", x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat, "conv1x1: x must be float32, got ", x.scalar_type());
   TORCH_CHECK(out_channels > 0, "conv1x1: out_channels must be positive, got ", out_channels);
@@ -158,6 +159,30 @@ inline void check_conv1x1(const at::Tensor& x, const at::Tensor& weight_p, int64
                 "conv1x1: add must be (", x.size(0), ", ", out_channels, ", ", x.size(2), ", ", x.size(3),
                 ") float32, got ", add->sizes(), " ", add->scalar_type());
   }
+  if (add_low.has_value()) {
+    TORCH_CHECK(add_low->dim() == 4 && add_low->size(0) == x.size(0) && add_low->size(1) == out_channels &&
+                    add_low->size(2) == (x.size(2) + 1) / 2 && add_low->size(3) == (x.size(3) + 1) / 2 &&
+                    add_low->scalar_type() == at::kFloat,
+                "conv1x1: add_low must be (", x.size(0), ", ", out_channels, ", ", (x.size(2) + 1) / 2, ", ",
+                (x.size(3) + 1) / 2, ") float32, got ", add_low->sizes(), " ", add_low->scalar_type());
+  }
+}
+
+// An out argument: the given sizes and dtype, channels_last-contiguous, on the CPU.
+inline void check_out(const char* op, const at::Tensor& out, at::IntArrayRef sizes, at::ScalarType dtype) {
+  TORCH_CHECK(out.sizes() == sizes && out.scalar_type() == dtype && out.device().is_cpu(), op, ": out must be ",
+              sizes, " ", dtype, " on the CPU, got ", out.sizes(), " ", out.scalar_type(), " on ", out.device());
+  TORCH_CHECK(out.is_contiguous(at::MemoryFormat::ChannelsLast), op, ": out must be channels_last-contiguous");
+}
+
+// out must not share memory with an input it is computed from.
+inline void check_no_overlap(const char* op, const at::Tensor& out, const at::Tensor& input, const char* name) {
+  const auto* lo = static_cast<const char*>(input.const_data_ptr());
+  const auto* hi = lo + input.numel() * input.element_size();
+  const auto* out_lo = static_cast<const char*>(out.const_data_ptr());
+  const auto* out_hi = out_lo + out.numel() * out.element_size();
+  TORCH_CHECK(input.numel() == 0 || out.numel() == 0 || out_hi <= lo || hi <= out_lo, op,
+              ": out must not overlap ", name);
 }
 
 // Memory-efficient training ops (CPU): NCHW-contiguous 4-D tensors; per-channel vectors (C,) contiguous in

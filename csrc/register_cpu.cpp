@@ -46,9 +46,34 @@ at::Tensor conv1x1_weight_cpu(const at::Tensor& weight) {
 
 at::Tensor conv1x1_cpu(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
                        const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
-                       const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add, bool relu) {
-  check_conv1x1(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add);
-  return cpu::conv1x1(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, relu);
+                       const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
+                       const c10::optional<at::Tensor>& add_low, bool relu) {
+  check_conv1x1(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, add_low);
+  return cpu::conv1x1(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, add_low, relu);
+}
+
+void conv1x1_out_cpu(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
+                     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
+                     const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
+                     const c10::optional<at::Tensor>& add_low, bool relu, at::Tensor& out) {
+  check_conv1x1(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, add_low);
+  check_out("conv1x1_out", out, {x.size(0), out_channels, x.size(2), x.size(3)}, at::kFloat);
+  check_no_overlap("conv1x1_out", out, x, "x");
+  if (add_low.has_value()) {
+    check_no_overlap("conv1x1_out", out, *add_low, "add_low");
+  }
+  if (add.has_value() && !add->is_same(out)) {
+    check_no_overlap("conv1x1_out", out, *add, "add (unless it is out itself)");
+  }
+  cpu::conv1x1_out(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, add_low, relu, out);
+}
+
+void winograd_conv3x3_out_cpu(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
+                              bool relu, at::Tensor& out) {
+  check_winograd_conv3x3(x, weight_t, bias);
+  check_out("winograd_conv3x3_out", out, {x.size(0), weight_t.size(2), x.size(2), x.size(3)}, x.scalar_type());
+  check_no_overlap("winograd_conv3x3_out", out, x, "x");
+  cpu::winograd_conv3x3_out(x, weight_t, bias, relu, out);
 }
 
 at::Tensor bn_relu_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, at::ScalarType dtype) {
@@ -76,8 +101,10 @@ TORCH_LIBRARY_IMPL(shg_fast, CPU, m) {
   m.impl("residual_block", &residual_block_cpu);
   m.impl("winograd_weight", &winograd_weight_cpu);
   m.impl("winograd_conv3x3", &winograd_conv3x3_cpu);
+  m.impl("winograd_conv3x3_out", &winograd_conv3x3_out_cpu);
   m.impl("conv1x1_weight", &conv1x1_weight_cpu);
   m.impl("conv1x1", &conv1x1_cpu);
+  m.impl("conv1x1_out", &conv1x1_out_cpu);
   m.impl("bn_relu", &bn_relu_cpu);
   m.impl("bn_relu_backward", &bn_relu_backward_cpu);
   m.impl("max_pool2x2_backward", &max_pool2x2_backward_cpu);

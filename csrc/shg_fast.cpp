@@ -31,14 +31,20 @@ TORCH_LIBRARY(shg_fast, m) {
   // The output is channels_last exactly when x is channels_last and not contiguous.
   m.def("winograd_weight(Tensor weight) -> Tensor");
   m.def("winograd_conv3x3(Tensor x, Tensor weight_t, Tensor? bias, bool relu) -> Tensor");
+  // The same written into out: (N, C_out, H, W) channels_last-contiguous, x's dtype, not overlapping x.
+  m.def("winograd_conv3x3_out(Tensor x, Tensor weight_t, Tensor? bias, bool relu, Tensor(a!) out) -> ()");
   // 1x1 convolution (stride 1), float32 CPU only: conv1x1_weight packs (C_out, C_in, 1, 1) weights into
   // (ceil(C_out / 16), C_in, 16) panels; conv1x1 computes
-  // act(conv(clamp(x, clamp_lo, clamp_hi)) + bias + add), act = ReLU if relu, the clamp per input channel
-  // (both bounds or neither), add (N, C_out, H, W). NaN propagates through clamp and ReLU.
-  // The output is channels_last exactly when x is channels_last and not contiguous.
+  // act(conv(clamp(x, clamp_lo, clamp_hi)) + bias + add + upsample(add_low)), act = ReLU if relu, the clamp per
+  // input channel (both bounds or neither), add (N, C_out, H, W), add_low (N, C_out, ceil(H/2), ceil(W/2))
+  // nearest-upsampled. NaN propagates through clamp and ReLU.
+  // The output is channels_last exactly when x is channels_last and not contiguous. conv1x1_out writes
+  // into out: (N, C_out, H, W) float32 channels_last-contiguous, not overlapping x or add_low (it may be add).
   m.def("conv1x1_weight(Tensor weight) -> Tensor");
   m.def("conv1x1(Tensor x, Tensor weight_p, int out_channels, Tensor? bias, Tensor? clamp_lo, Tensor? clamp_hi, "
-        "Tensor? add, bool relu) -> Tensor");
+        "Tensor? add, Tensor? add_low, bool relu) -> Tensor");
+  m.def("conv1x1_out(Tensor x, Tensor weight_p, int out_channels, Tensor? bias, Tensor? clamp_lo, Tensor? clamp_hi, "
+        "Tensor? add, Tensor? add_low, bool relu, Tensor(a!) out) -> ()");
   // "avx2+fma" or "baseline": the transforms' instruction set on this CPU (SHG_FAST_CPU_BASELINE=1 forces
   // baseline). No tensor arguments, so one kernel for every device.
   // Memory-efficient training, CPU only, NCHW-contiguous tensors (shg_fast.training_ops):

@@ -468,20 +468,26 @@ class _Builder:
     def _cpu_conv(self, name, key, x, w, b, stride, pad, relu, residual, out_reg, contiguous_out):
         shape = self.specs[x][0]
         conv, tactic = self.cpu.conv(w, b, shape, stride=stride, padding=pad, relu=relu, add=residual is not None)
-        if residual is None:
-            def run(env):
-                env[out_reg] = conv(env[x])
-        else:
-            def run(env):
-                env[out_reg] = conv(env[x], env[residual])
-        if contiguous_out:
-            inner = run
-
-            def run(env):
-                inner(env)
-                env[out_reg] = env[out_reg].contiguous()
+        if contiguous_out:  # a new NCHW tensor per call (the heatmaps the program returns)
+            if residual is None:
+                def run(env):
+                    env[out_reg] = conv(env[x]).contiguous()
+            else:
+                def run(env):
+                    env[out_reg] = conv(env[x], env[residual]).contiguous()
+            make, out_spec = (lambda buf: run), None
+        else:  # written into an engine buffer, reused from call to call
+            def make(buf):
+                if residual is None:
+                    def run(env):
+                        env[out_reg] = conv(env[x], out=buf)
+                else:
+                    def run(env):
+                        env[out_reg] = conv(env[x], env[residual], out=buf)
+                return run
+            out_spec = self.specs[out_reg]
         ins = [x] if residual is None else [x, residual]
-        self.add(Step(name, "conv", key, tactic, 0), ins, out_reg, lambda buf: run)
+        self.add(Step(name, "conv", key, tactic, 0), ins, out_reg, make, out_spec)
 
     def _ops_conv(self, name, key, x, w, b, stride, pad, relu, residual, x2, in_scale, in_shift, upsample, out_reg,
                   contiguous_out):
@@ -593,14 +599,18 @@ class _Builder:
     def _cpu_block(self, name, key, x, block, upsample, out_shape):
         run_block, tactic = self.cpu.block(block, self.specs[x][0], upsample is not None)
         out = self.new_reg(out_shape)
-        if upsample is None:
-            def run(env):
-                env[out] = run_block(env[x])
-        else:
-            def run(env):
-                env[out] = run_block(env[x], env[upsample])
+
+        def make(buf):  # the block's output written into an engine buffer, reused from call to call
+            if upsample is None:
+                def run(env):
+                    env[out] = run_block(env[x], out=buf)
+            else:
+                def run(env):
+                    env[out] = run_block(env[x], env[upsample], out=buf)
+            return run
+
         ins = [x] if upsample is None else [x, upsample]
-        self.add(Step(name, "residual_block", key, tactic, 0), ins, out, lambda buf: run)
+        self.add(Step(name, "residual_block", key, tactic, 0), ins, out, make, self.specs[out])
         return out
 
     def _ops_block(self, name, key, x, block, upsample, out_shape):

@@ -268,10 +268,17 @@ class CpuConvs:
 
     The CPU runner of the engine (:mod:`shg_fast.engine`): :meth:`conv` and :meth:`block`
     decide, once per program, how each conv runs (``conv1x1``, Winograd, ATen or prepacked oneDNN)
-    and return a callable with those decisions and the packed weights bound, and its tactic. The
-    add of a residual (and of the upsampled lower branch, added into it beforehand by the C++
-    upsample_add) is fused into the conv producing the block's output, and the block's BN-ReLU
-    prologue, a per-channel clamp, into its first conv where that conv is a ``conv1x1``.
+    and return a callable with those decisions and the packed weights bound, and its tactic. Fused
+    into the conv producing a block's output: the residual add and, where that conv is a
+    ``conv1x1``, the upsampled lower branch of the hourglass (else the C++ upsample_add adds it
+    first); into a block's first conv where it is a ``conv1x1``: the BN-ReLU prologue, a
+    per-channel clamp.
+
+    Memory: ``conv1x1`` and Winograd steps write into buffers instead of allocating: the block's
+    output into the engine's (``out=``, reused from call to call by liveness), its intermediates into
+    scratch this object keeps, one buffer per (shape, role), shared by the program's blocks (a
+    program runs one call at a time). Fresh multi-MB tensors on every call cost the kernel's page
+    faults (measured: about 10% of a batch-4 forward pass on the 2-vCPU EPYC).
     """
 
     def __init__(self, winograd: bool, conv1x1: bool = False):
@@ -279,12 +286,23 @@ class CpuConvs:
         self.conv1x1 = conv1x1
         self._upsample_add = (torch.ops.shg_fast.upsample_add if "cpu" in UPSAMPLE_ADD.impls
                               else ops.upsample_add_reference)
+        self._scratch: dict[tuple, torch.Tensor] = {}
+
+    def scratch(self, shape, role: str, dtype: torch.dtype) -> torch.Tensor:
+        """The channels_last buffer of ``shape`` for intermediate ``role`` (the same tensor for every block)."""
+        key = (tuple(shape), role, dtype)
+        if key not in self._scratch:
+            self._scratch[key] = torch.empty(shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        return self._scratch[key]
 
     def conv(self, w: torch.Tensor, b: torch.Tensor, x_shape, *, stride: int = 1, padding: int | None = None,
              relu: bool = False, add: bool = False, clamp: tuple | None = None) -> tuple[Callable, Tactic]:
-        """``f(x)`` (``f(x, add)`` with ``add``) running this conv on inputs of ``x_shape``, and its tactic.
+        """``f(x, out=None)`` (``f(x, add, out=None)`` with ``add``) running this conv on inputs of ``x_shape``,
+        and its tactic.
 
         ``clamp``: per-input-channel ``(lo, hi)`` bounds, each ``(1, C_in, 1, 1)``, applied to x first.
+        ``out``: a channels_last buffer the conv writes into where its kernel can (``conv1x1``,
+        Winograd); the result is what ``f`` returns.
         """
         pad = [w.shape[-1] // 2 if padding is None else padding] * 2
         if w.shape[-1] == 1 and stride == 1 and pad[0] == 0 and w.dtype == torch.float32 and self.conv1x1:
@@ -294,27 +312,29 @@ class CpuConvs:
             lo, hi = clamp
             tactic = dataclasses.replace(tactic, reason=tactic.reason + "; the clamp prologue a separate pass")
             if add:
-                return (lambda x, a: conv(torch.clamp(x, lo, hi), a)), tactic
-            return (lambda x: conv(torch.clamp(x, lo, hi))), tactic
+                return (lambda x, a, out=None: conv(torch.clamp(x, lo, hi), a, out=out)), tactic
+            return (lambda x, out=None: conv(torch.clamp(x, lo, hi), out=out)), tactic
         if (w.shape[-1] == 3 and stride == 1 and pad[0] == 1 and not add and w.dtype == torch.float32
                 and min(x_shape[-2:]) >= WINOGRAD_MIN_SIDE and self.winograd):
             weight_t, winograd = ops.winograd_weight(w), ops.winograd_conv3x3
-            return (lambda x: winograd(x, weight_t, b, relu=relu)), Tactic(
+            return (lambda x, out=None: winograd(x, weight_t, b, relu=relu, out=out)), Tactic(
                 "winograd", f"3x3 stride-1 conv on a map of at least {WINOGRAD_MIN_SIDE}x{WINOGRAD_MIN_SIDE}: "
-                "Winograd F(4x4, 3x3) on weights transformed once")
+                "Winograd F(4x4, 3x3) on weights transformed once, written into the step's buffer")
         if w.shape[-1] == 1 and x_shape[-1] * x_shape[-2] <= SMALL_MAP_PIXELS:
             # ATen's direct path beats oneDNN's per-call overhead on tiny maps
             tactic = Tactic("aten", f"1x1 conv on a map of at most {SMALL_MAP_PIXELS} pixels")
             if add:
-                return (lambda x, a: F.conv2d(x, w, b).add_(a)), tactic
-            return ((lambda x: F.conv2d(x, w, b).relu_()) if relu else (lambda x: F.conv2d(x, w, b))), tactic
+                return (lambda x, a, out=None: F.conv2d(x, w, b).add_(a)), tactic
+            if relu:
+                return (lambda x, out=None: F.conv2d(x, w, b).relu_()), tactic
+            return (lambda x, out=None: F.conv2d(x, w, b)), tactic
         packed = _onednn_pack(w, pad, stride, x_shape)
         tactic = Tactic("mkldnn", f"oneDNN conv, {w.dtype} weights prepacked for this input shape, "
                         + ("add fused" if add else "then ReLU in place" if relu else "bias fused"))
         if add:
-            return (lambda x, a: _onednn_conv_add(x, a, packed, b, pad, stride)), tactic
+            return (lambda x, a, out=None: _onednn_conv_add(x, a, packed, b, pad, stride)), tactic
 
-        def conv(x):
+        def conv(x, out=None):
             y = _onednn_conv(x, packed, b, pad, stride)
             # ReLU as a separate ATen pass: oneDNN's fused ReLU post-op maps NaN to 0 (a silent wrong result).
             return y.relu_() if relu else y
@@ -323,41 +343,60 @@ class CpuConvs:
 
     @staticmethod
     def _conv1x1(w: torch.Tensor, b: torch.Tensor, relu: bool, add: bool, clamp: tuple | None):
-        """A float32 1x1 conv on shg_fast::conv1x1, with the clamp, bias, add and ReLU fused."""
+        """A float32 1x1 conv on shg_fast::conv1x1, with the clamp, bias, add(s) and ReLU fused.
+
+        With ``add`` the callable is ``f(x, a, low=None, out=None)``: ``low``, the half-size lower
+        branch, is added nearest-upsampled in the same epilogue.
+        """
         packed, c_out = conv1x1_weight(w.contiguous()), w.shape[0]
         bounds = None if clamp is None else tuple(t.reshape(-1).contiguous() for t in clamp)
-        fused = [name for name, on in (("clamp prologue", clamp is not None), ("bias", True), ("add", add),
-                                       ("ReLU", relu)) if on]
+        fused = [name for name, on in (("clamp prologue", clamp is not None), ("bias", True),
+                                       ("residual and upsampled adds", add), ("ReLU", relu)) if on]
         tactic = Tactic("conv1x1", "1x1 conv as a register-blocked GEMM on weights packed once, "
-                        + ", ".join(fused) + " fused")
+                        + ", ".join(fused) + " fused, written into the step's buffer")
         if add:
-            return (lambda x, a: conv1x1(x, packed, c_out, b, clamp=bounds, add=a, relu=relu)), tactic
-        return (lambda x: conv1x1(x, packed, c_out, b, clamp=bounds, relu=relu)), tactic
+            def conv_add(x, a, low=None, out=None):
+                return conv1x1(x, packed, c_out, b, clamp=bounds, add=a, add_low=low, relu=relu, out=out)
+            return conv_add, tactic
+        return (lambda x, out=None: conv1x1(x, packed, c_out, b, clamp=bounds, relu=relu, out=out)), tactic
 
     def block(self, block: FoldedResidual, x_shape, upsample: bool) -> tuple[Callable, Tactic]:
-        """``f(x)`` (``f(x, low)`` with ``upsample``) running one residual block, and its tactic."""
+        """``f(x, out=None)`` (``f(x, low, out=None)`` with ``upsample``) running one residual block, and its tactic.
+
+        ``out``: a channels_last buffer for the block's output (used where conv3 is a ``conv1x1``).
+        """
         lo, hi, w1, b1 = _clamp_prologue(block)
         mid_shape = (x_shape[0], block.mid_channels, *x_shape[2:])
+        out_shape = (x_shape[0], block.out_channels, *x_shape[2:])
         conv1, t1 = self.conv(w1, b1, x_shape, relu=True, clamp=(lo, hi))
         conv2, t2 = self.conv(block.w2, block.b2, mid_shape, relu=True)
         conv3, t3 = self.conv(block.w3, block.b3, mid_shape, add=True)
         skip_conv, ts = (None, None) if block.ws is None else self.conv(block.ws, block.bs, x_shape)
+        dtype = block.w1.dtype
+        writes = {"conv1x1", "winograd"}  # the tactics that write into a given buffer (others allocate)
+        h1 = self.scratch(mid_shape, "conv1", dtype) if t1.backend in writes else None
+        h2 = self.scratch(mid_shape, "conv2", dtype) if t2.backend in writes else None
+        skip_buf = self.scratch(out_shape, "skip", dtype) if ts is not None and ts.backend in writes else None
         upsample_add = self._upsample_add
+        fused_low = t3.backend == "conv1x1"
         config = {"conv1": t1.backend, "conv2": t2.backend, "conv3": t3.backend}
         if ts is not None:
             config["skip"] = ts.backend
-        tactic = Tactic("mkldnn", f"{block.w1.dtype} CPU runner: BN-ReLU prologue as one clamp (fused into conv1 "
-                        "where it is a conv1x1), convs as configured, the skip added as conv3's post-op", config)
+        tactic = Tactic("mkldnn", f"{dtype} CPU runner: BN-ReLU prologue as one clamp (fused into conv1 where it is a "
+                        "conv1x1), convs as configured, the skip (and the upsampled lower branch where conv3 is a "
+                        "conv1x1) added in conv3", config)
 
-        def run(x: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
-            h = conv2(conv1(x))
-            skip = x if skip_conv is None else skip_conv(x)
-            if low is not None:
-                skip = upsample_add(low, skip)
-            return conv3(h, skip)
+        def run(x: torch.Tensor, low: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+            h = conv2(conv1(x, out=h1), out=h2)
+            skip = x if skip_conv is None else skip_conv(x, out=skip_buf)
+            if low is None:
+                return conv3(h, skip, out=out)
+            if fused_low:
+                return conv3(h, skip, low, out=out)
+            return conv3(h, upsample_add(low, skip), out=out)
 
         if not upsample:
-            return (lambda x: run(x)), tactic
+            return (lambda x, out=None: run(x, out=out)), tactic
         return run, tactic
 
 

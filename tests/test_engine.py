@@ -206,6 +206,34 @@ def test_triton_program_in_the_interpreter_matches_the_reference(monkeypatch, po
     torch.testing.assert_close(maxvals, want_max, rtol=1e-4, atol=1e-5)
 
 
+def test_cpu_program_reuses_its_buffers_but_returns_new_heatmaps():
+    """The CPU runner writes blocks and convs into the program's buffers, reused from call to call: a second
+    call must neither change the heatmaps the first returned nor differ from a freshly built program."""
+    from shg_fast.plan import mkldnn_runner_reasons
+
+    if mkldnn_runner_reasons():
+        pytest.skip("; ".join(mkldnn_runner_reasons()))
+    ref, fast = make_pair(2, num_modules=2)
+    plan = fast.fused_plan()
+    x1, x2 = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    program = plan.program(x1)
+    assert any(s.op == "residual_block" for s in program.steps)
+    with torch.no_grad():
+        first = program(x1)
+        kept = [t.clone() for t in first]
+        second = program(x2)
+        again = program(x1)
+        fresh = build_program(plan, 2, 64, 64)(x2)
+    for a, b in zip(first, kept):
+        assert torch.equal(a, b)
+    for a, b in zip(again, kept):
+        assert torch.equal(a, b)
+    for a, b in zip(second, fresh):
+        assert torch.equal(a, b)
+    for out, t in zip(second, truth(ref, x2)):
+        assert_close_to_reference(out, t, "float32")
+
+
 def test_cpu_program_decodes_with_the_flip_test():
     ref, fast = make_pair()
     x = torch.rand(2, 3, 64, 64)

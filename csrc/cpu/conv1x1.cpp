@@ -1,6 +1,6 @@
 // CPU 1x1 convolution over NHWC activations: a register-blocked GEMM with the residual block's prologue
 // and epilogue fused,
-//   y[p][o] = act(sum_k clamp(x[p][k], lo[k], hi[k]) * w[o][k] + b[o] + add[p][o]),
+//   y[p][o] = act(sum_k clamp(x[p][k], lo[k], hi[k]) * w[o][k] + b[o] + add[p][o] + low[up(p)][o]),
 // act = ReLU or identity. Pixels p are the GEMM's rows (NHWC makes each pixel a contiguous row of
 // C_in), so no im2col is needed. The micro-tile (gemm_tile.h) is 6 pixels x 16 output channels. The
 // weights are packed once (conv1x1_weight) into panels of 16 output channels, each C_in x 16
@@ -8,6 +8,8 @@
 //
 // The clamp (the folded BN-ReLU prologue, see shg_fast.plan._clamp_prologue) is applied once per
 // pixel block while it is copied to per-thread scratch; without a clamp the GEMM reads x in place.
+// low is a map of half the size, nearest-upsampled (the hourglass's up-branch add): up(n, h, w) =
+// (n, h / 2, w / 2).
 // NaN propagates: clamp and ReLU keep a NaN operand (max/min return it), as torch.clamp and relu do.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -39,8 +41,10 @@ struct Conv1x1Args {
   const float* lo;    // (c_in) clamp bounds, or nullptr for no clamp (hi likewise)
   const float* hi;
   const float* add;   // (pixels, c_out) added before the activation, or nullptr
+  const float* low;   // (n, ceil(h / 2), ceil(w / 2), c_out) added nearest-upsampled, or nullptr
   float* y;           // (pixels, c_out)
   int64_t pixels, c_in, c_out;
+  int64_t height, width;  // the map (pixels = n * height * width)
   bool relu;
 };
 
@@ -93,8 +97,14 @@ void run_block(const Conv1x1Args& p, int64_t first, int64_t rows, int64_t panel_
     const float* b = p.w + panel * p.c_in * kCols;
     const int64_t col = panel * kCols, cols = std::min(kCols, p.c_out - col);
     for (int64_t i = 0; i < rows; i += kTileRows) {
+      const float* low_rows[kTileRows] = {};
+      for (int64_t r = 0; p.low != nullptr && r < kTileRows && i + r < rows; ++r) {
+        const int64_t pixel = first + i + r, n = pixel / (p.height * p.width);
+        const int64_t yy = pixel / p.width % p.height, xx = pixel % p.width;
+        low_rows[r] = p.low + ((n * ((p.height + 1) / 2) + yy / 2) * ((p.width + 1) / 2) + xx / 2) * p.c_out + col;
+      }
       const TileEpilogue epilogue{p.bias + col, p.add != nullptr ? p.add + (first + i) * p.c_out + col : nullptr,
-                                  p.c_out, p.relu};
+                                  p.c_out, p.low != nullptr ? low_rows : nullptr, p.relu};
       gemm_tile(a + i * p.c_in, p.c_in, b, kCols, p.c_in, p.y + (first + i) * p.c_out + col, p.c_out,
                 std::min(kTileRows, rows - i), cols, epilogue);
     }
@@ -109,17 +119,19 @@ at::Tensor conv1x1_weight(const at::Tensor& weight) {
   return w.view({panels, kCols, c_in}).transpose(1, 2).contiguous();
 }
 
-at::Tensor conv1x1(const at::Tensor& x_in, const at::Tensor& weight_p, int64_t out_channels,
-                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
-                   const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add, bool relu) {
-  const bool nhwc = prefers_channels_last(x_in);
+namespace {
+
+// y (N, out_channels, H, W) channels_last-contiguous float32 = the convolution of x_in (any layout).
+void conv1x1_into(const at::Tensor& x_in, const at::Tensor& weight_p, int64_t out_channels,
+                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
+                  const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
+                  const c10::optional<at::Tensor>& add_low, bool relu, at::Tensor& y) {
+  if (y.numel() == 0) {
+    return;
+  }
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor w = weight_p.contiguous();
   const int64_t n = x.size(0), c_in = x.size(1), h = x.size(2), wd = x.size(3), panels = w.size(0);
-  at::Tensor y = at::empty({n, out_channels, h, wd}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  if (y.numel() == 0) {
-    return nhwc ? y : y.contiguous();
-  }
   std::vector<float> bias_padded(panels * kCols, 0.0f);
   if (bias.has_value()) {
     const at::Tensor b = bias->contiguous();
@@ -128,16 +140,20 @@ at::Tensor conv1x1(const at::Tensor& x_in, const at::Tensor& weight_p, int64_t o
   const at::Tensor lo = clamp_lo.has_value() ? clamp_lo->contiguous() : at::Tensor();
   const at::Tensor hi = clamp_hi.has_value() ? clamp_hi->contiguous() : at::Tensor();
   const at::Tensor a = add.has_value() ? add->contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
+  const at::Tensor low = add_low.has_value() ? add_low->contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor();
   Conv1x1Args p{x.const_data_ptr<float>(),
                 w.const_data_ptr<float>(),
                 bias_padded.data(),
                 lo.defined() ? lo.const_data_ptr<float>() : nullptr,
                 hi.defined() ? hi.const_data_ptr<float>() : nullptr,
                 a.defined() ? a.const_data_ptr<float>() : nullptr,
+                low.defined() ? low.const_data_ptr<float>() : nullptr,
                 y.mutable_data_ptr<float>(),
                 n * h * wd,
                 c_in,
                 out_channels,
+                h,
+                wd,
                 relu};
   // Work items: pixel blocks, each split into panel ranges when there are too few blocks for the threads.
   const int64_t blocks = (p.pixels + kBlockRows - 1) / kBlockRows;
@@ -152,7 +168,25 @@ at::Tensor conv1x1(const at::Tensor& x_in, const at::Tensor& weight_p, int64_t o
       run_block(p, first, rows, split * panels / splits, (split + 1) * panels / splits);
     }
   });
-  return nhwc ? y : y.contiguous();
+}
+
+}  // namespace
+
+at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
+                   const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
+                   const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
+                   const c10::optional<at::Tensor>& add_low, bool relu) {
+  at::Tensor y = at::empty({x.size(0), out_channels, x.size(2), x.size(3)},
+                           x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  conv1x1_into(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, add_low, relu, y);
+  return prefers_channels_last(x) ? y : y.contiguous();
+}
+
+void conv1x1_out(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
+                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
+                 const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
+                 const c10::optional<at::Tensor>& add_low, bool relu, at::Tensor& out) {
+  conv1x1_into(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, add_low, relu, out);
 }
 
 }  // namespace shg_fast::cpu

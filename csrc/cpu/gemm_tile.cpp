@@ -26,22 +26,33 @@ void gemm_tile_baseline(const float* a, int64_t lda, const float* b, int64_t ldb
   }
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t j = 0; j < cols; ++j) {
-      const float v = acc[i][j] + (e.bias != nullptr ? e.bias[j] : 0.0f) + (e.add != nullptr ? e.add[i * e.ld_add + j] : 0.0f);
+      float v = acc[i][j] + (e.bias != nullptr ? e.bias[j] : 0.0f) + (e.add != nullptr ? e.add[i * e.ld_add + j] : 0.0f);
+      v += e.add_rows != nullptr ? e.add_rows[i][j] : 0.0f;
       y[i * ldy + j] = e.relu && v < 0.0f ? 0.0f : v;
     }
   }
 }
 
 #if SHG_CPU_AVX2
-// One micro-tile row: v + bias (+ add row), ReLU if asked, stored to y's row; `full` rows store all 16
+// v += the 16 floats at add (the lanes in mask0/mask1 unless full).
+SHG_TARGET_AVX2 SHG_ALWAYS_INLINE void add_row(__m256& v0, __m256& v1, const float* add, __m256i mask0, __m256i mask1,
+                                               bool full) {
+  v0 = _mm256_add_ps(v0, full ? _mm256_loadu_ps(add) : _mm256_maskload_ps(add, mask0));
+  v1 = _mm256_add_ps(v1, full ? _mm256_loadu_ps(add + 8) : _mm256_maskload_ps(add + 8, mask1));
+}
+
+// One micro-tile row: v + bias (+ add rows), ReLU if asked, stored to y's row; `full` rows store all 16
 // lanes, others the lanes in mask0/mask1.
 SHG_TARGET_AVX2 SHG_ALWAYS_INLINE void store_row(__m256 v0, __m256 v1, __m256 bias0, __m256 bias1, __m256i mask0,
-                                                 __m256i mask1, const float* add, float* y, bool full, bool relu) {
+                                                 __m256i mask1, const float* add, const float* add2, float* y,
+                                                 bool full, bool relu) {
   v0 = _mm256_add_ps(v0, bias0);
   v1 = _mm256_add_ps(v1, bias1);
   if (add != nullptr) {
-    v0 = _mm256_add_ps(v0, full ? _mm256_loadu_ps(add) : _mm256_maskload_ps(add, mask0));
-    v1 = _mm256_add_ps(v1, full ? _mm256_loadu_ps(add + 8) : _mm256_maskload_ps(add + 8, mask1));
+    add_row(v0, v1, add, mask0, mask1, full);
+  }
+  if (add2 != nullptr) {
+    add_row(v0, v1, add2, mask0, mask1, full);
   }
   if (relu) {  // max(0, v) returns v when v is NaN
     v0 = _mm256_max_ps(_mm256_setzero_ps(), v0);
@@ -89,7 +100,7 @@ SHG_TARGET_AVX2 void gemm_tile_avx2(const float* a, int64_t lda, const float* b,
   for (int64_t i = 0; i < kTileRows; ++i) {
     if (i < rows) {
       store_row(acc[i][0], acc[i][1], bias0, bias1, mask0, mask1, e.add != nullptr ? e.add + i * e.ld_add : nullptr,
-                y + i * ldy, cols == kTileCols, e.relu);
+                e.add_rows != nullptr ? e.add_rows[i] : nullptr, y + i * ldy, cols == kTileCols, e.relu);
     }
   }
 }

@@ -8,11 +8,13 @@ constexpr int64_t kTileRows = 6;   // rows (pixels or Winograd tiles) per micro-
 constexpr int64_t kTileCols = 16;  // output columns per micro-tile: two AVX2 vectors
 
 // What is done to a micro-tile's sums before they are stored: + bias[col] (nullptr: none),
-// + add[row * ld_add + col] (nullptr: none), then ReLU (NaN kept).
+// + add[row * ld_add + col] (nullptr: none), + add_rows[row][col] (nullptr: none; one pointer per
+// stored row, e.g. a nearest-upsampled map's rows), then ReLU (NaN kept).
 struct TileEpilogue {
   const float* bias;
   const float* add;
   int64_t ld_add;
+  const float* const* add_rows;
   bool relu;
 };
 

@@ -31,16 +31,25 @@ at::Tensor winograd_weight(const at::Tensor& weight);
 // optional bias and ReLU (arguments as the shg_fast::winograd_conv3x3 schema, already checked).
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
                             bool relu);
+// The same written into out: (N, C_out, H, W) channels_last-contiguous, not overlapping x (checked).
+void winograd_conv3x3_out(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
+                          bool relu, at::Tensor& out);
 
 // 1x1 conv weights (C_out, C_in, 1, 1) float32 -> (ceil(C_out / 16), C_in, 16) panels, zero past C_out.
 at::Tensor conv1x1_weight(const at::Tensor& weight);
 
 // 1x1 convolution (stride 1) on panels from conv1x1_weight: x clamped per input channel to
-// [clamp_lo, clamp_hi] when given, then bias, add and ReLU as asked (float32; arguments as the
-// shg_fast::conv1x1 schema, already checked).
+// [clamp_lo, clamp_hi] when given, then bias, add, add_low nearest-upsampled and ReLU as asked
+// (float32; arguments as the shg_fast::conv1x1 schema, already checked). conv1x1_out writes into out:
+// (N, C_out, H, W) channels_last-contiguous, not overlapping x or add_low (it may be add itself).
 at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
                    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
-                   const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add, bool relu);
+                   const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
+                   const c10::optional<at::Tensor>& add_low, bool relu);
+void conv1x1_out(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
+                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
+                 const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
+                 const c10::optional<at::Tensor>& add_low, bool relu, at::Tensor& out);
 
 // Memory-efficient training (NCHW-contiguous tensors, arguments as the schemas, already checked):
 // relu(x * scale + shift) per channel in dtype; the backward of relu(BN(x)) on batch statistics

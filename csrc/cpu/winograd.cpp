@@ -260,7 +260,7 @@ void position_gemms(const at::Tensor& v, const at::Tensor& u, const at::Tensor& 
 // runs over every column panel of u[p] while its rows stay in L1.
 void position_gemms_tiled(const float* v, const float* u, float* m, int64_t tiles, int64_t c_in, int64_t c_out) {
   at::parallel_for(0, kPositions, 1, [&](int64_t begin, int64_t end) {
-    const TileEpilogue none{nullptr, nullptr, 0, false};
+    const TileEpilogue none{nullptr, nullptr, 0, nullptr, false};
     for (int64_t p = begin; p < end; ++p) {
       const float* u_p = u + p * c_in * c_out;
       for (int64_t t = 0; t < tiles; t += kTileRows) {
@@ -291,20 +291,23 @@ at::Tensor winograd_weight(const at::Tensor& weight) {
   return u.reshape({kPositions, weight.size(1), weight.size(0)}).to(weight.scalar_type()).contiguous();
 }
 
-at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias_in,
-                            bool relu) {
-  const bool nhwc = prefers_channels_last(x_in);
+namespace {
+
+// y (N, C_out, H, W) channels_last-contiguous = the convolution of x_in (any layout).
+void winograd_into(const at::Tensor& x_in, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias_in,
+                   bool relu, at::Tensor& y) {
+  if (y.numel() == 0) {
+    return;
+  }
   const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor u = weight_t.contiguous();
   const int64_t c_in = x.size(1), c_out = u.size(2);
   const TileGrid g{x.size(0), x.size(2), x.size(3), (x.size(2) + kTile - 1) / kTile, (x.size(3) + kTile - 1) / kTile};
-  at::Tensor y = at::empty({g.N, c_out, g.H, g.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  if (y.numel() == 0) {
-    return nhwc ? y : y.contiguous();
-  }
   const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
   const int64_t tile_bytes = kPositions * (c_in + c_out) * static_cast<int64_t>(x.element_size());
-  const int64_t chunk = std::min(g.tiles(), std::max<int64_t>(1, kWorkspaceBytes / tile_bytes));
+  // Equal chunks of at most kWorkspaceBytes (an uneven last chunk would run small, slower GEMMs).
+  const int64_t most = std::max<int64_t>(1, kWorkspaceBytes / tile_bytes);
+  const int64_t chunks = (g.tiles() + most - 1) / most, chunk = (g.tiles() + chunks - 1) / chunks;
   char* scratch = thread_scratch(Scratch::kWinograd, chunk * tile_bytes);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "winograd_conv3x3_cpu", [&] {
     scalar_t* v_data = reinterpret_cast<scalar_t*>(scratch);
@@ -324,7 +327,21 @@ at::Tensor winograd_conv3x3(const at::Tensor& x_in, const at::Tensor& weight_t, 
                        y.mutable_data_ptr<scalar_t>(), g, c_out, relu, first, last);
     }
   });
-  return nhwc ? y : y.contiguous();
+}
+
+}  // namespace
+
+at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
+                            bool relu) {
+  at::Tensor y = at::empty({x.size(0), weight_t.size(2), x.size(2), x.size(3)},
+                           x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  winograd_into(x, weight_t, bias, relu, y);
+  return prefers_channels_last(x) ? y : y.contiguous();
+}
+
+void winograd_conv3x3_out(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
+                          bool relu, at::Tensor& out) {
+  winograd_into(x, weight_t, bias, relu, out);
 }
 
 }  // namespace shg_fast::cpu

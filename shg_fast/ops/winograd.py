@@ -89,7 +89,7 @@ def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def winograd_conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None,
-                     relu: bool = False) -> torch.Tensor:
+                     relu: bool = False, *, out: torch.Tensor | None = None) -> torch.Tensor:
     """``conv2d(x, weight, bias, padding=1)`` (then ReLU if ``relu``) with ``weight_t = winograd_weight(weight)``.
 
     Args:
@@ -97,9 +97,11 @@ def winograd_conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor
         weight_t: ``(36, C_in, C_out)`` transformed weights in ``x``'s dtype.
         bias: optional ``(C_out,)``.
         relu: apply ReLU after the bias.
+        out: optional ``(N, C_out, H, W)`` channels_last-contiguous buffer in ``x``'s dtype to write
+            into (it must not overlap ``x``).
 
-    Returns ``(N, C_out, H, W)``, channels_last exactly when ``x`` is channels_last (and not
-    also contiguous); NaN/Inf propagate as in the twin (a non-finite input pixel makes the 4x4
+    Returns ``out`` when given, else a new ``(N, C_out, H, W)`` tensor, channels_last exactly when
+    ``x`` is channels_last (and not also contiguous); NaN/Inf propagate as in the twin (a non-finite input pixel makes the 4x4
     output tiles whose 6x6 input tiles hold it non-finite). Raises
     :class:`~shg_fast.backends.BackendUnavailableError` without the extension, RuntimeError
     when an input requires grad with grad mode on (there is no backward).
@@ -109,7 +111,15 @@ def winograd_conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor
         raise RuntimeError("winograd_conv3x3 is inference only (no backward): an input requires grad; call it "
                            "under torch.no_grad() or use winograd_conv3x3_reference for gradients")
     _require_kernel()
-    return torch.ops.shg_fast.winograd_conv3x3(x, weight_t, bias, bool(relu))
+    if out is None:
+        return torch.ops.shg_fast.winograd_conv3x3(x, weight_t, bias, bool(relu))
+    _check_tensor("winograd_conv3x3", "out", out, 4)
+    expected = (x.shape[0], weight_t.shape[2], *x.shape[2:])
+    if tuple(out.shape) != expected or out.dtype != x.dtype or not out.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"winograd_conv3x3: out must be {expected} {x.dtype} and channels_last-contiguous, got "
+                         f"{tuple(out.shape)} {out.dtype} with strides {out.stride()}")
+    torch.ops.shg_fast.winograd_conv3x3_out(x, weight_t, bias, bool(relu), out)
+    return out
 
 
 def winograd_conv3x3_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -126,6 +136,10 @@ def _register_library_op() -> None:
     def _(weight):
         torch._check(weight.dim() == 4, lambda: "winograd_weight needs a 4-D weight")
         return weight.new_empty((POSITIONS, weight.shape[1], weight.shape[0]))
+
+    @torch.library.register_fake("shg_fast::winograd_conv3x3_out")
+    def _(x, weight_t, bias, relu, out):
+        return None
 
     @torch.library.register_fake("shg_fast::winograd_conv3x3")
     def _(x, weight_t, bias, relu):

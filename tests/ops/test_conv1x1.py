@@ -109,6 +109,34 @@ def test_threads_do_not_change_the_result(shape, one_thread):
     assert torch.equal(conv1x1(x, packed, weight.shape[0], bias, clamp=bounds, add=extra), single)
 
 
+@pytest.mark.parametrize("hw", [(8, 8), (7, 13), (1, 1), (4, 97)])
+def test_nearest_upsampled_add_low(hw, poison_empty):
+    """add_low, (N, C_out, ceil(H/2), ceil(W/2)), is added nearest-upsampled: odd sizes repeat the last row/column."""
+    h, w = hw
+    x, weight, bias, bounds, extra = make((2, 12, 20, h, w), clamp=True, add=True)
+    low = torch.rand(2, 20, (h + 1) // 2, (w + 1) // 2) - 0.5
+    out = conv1x1(x, conv1x1_weight(weight), 20, bias, clamp=bounds, add=extra, add_low=low, relu=True)
+    truth = conv1x1_reference(x.double(), weight.double(), bias.double(), clamp=tuple(t.double() for t in bounds),
+                              add=extra.double(), add_low=low.double(), relu=True)
+    assert torch.isfinite(out).all() and max_rel_error(out, truth) <= TOLERANCES["float32"]
+
+
+def test_out_buffer_is_written_in_place_and_may_be_add():
+    """out=: the result lands in the caller's (NaN-poisoned) buffer; out may be add itself (in-place residual)."""
+    x, weight, bias, bounds, extra = make((2, 24, 40, 9, 11), clamp=True, add=True)
+    x, extra = (t.contiguous(memory_format=torch.channels_last) for t in (x, extra))
+    packed = conv1x1_weight(weight)
+    expected = conv1x1(x, packed, 40, bias, clamp=bounds, add=extra, relu=True)
+    out = torch.full_like(expected, float("nan"))
+    assert conv1x1(x, packed, 40, bias, clamp=bounds, add=extra, relu=True, out=out) is out
+    assert torch.equal(out, expected)
+    residual = extra.clone()
+    conv1x1(x, packed, 40, bias, clamp=bounds, add=residual, relu=True, out=residual)
+    assert torch.equal(residual, expected)
+    with pytest.raises(ValueError, match="out must be"):
+        conv1x1(x, packed, 40, bias, out=torch.empty(2, 40, 9, 11))  # NCHW
+
+
 def test_weight_packing_layout():
     weight = torch.randn(20, 3, 1, 1)
     packed = conv1x1_weight(weight)
@@ -133,9 +161,13 @@ def test_library_ops_pass_opcheck():
     x, weight, bias, bounds, extra = make((2, 5, 7, 6, 9), clamp=True, add=True)
     torch.library.opcheck(torch.ops.shg_fast.conv1x1_weight, (weight,))
     packed = conv1x1_weight(weight)
-    torch.library.opcheck(torch.ops.shg_fast.conv1x1, (x, packed, 7, bias, *bounds, extra, True))
+    low = torch.rand(2, 7, 3, 5)
+    torch.library.opcheck(torch.ops.shg_fast.conv1x1, (x, packed, 7, bias, *bounds, extra, low, True))
     torch.library.opcheck(torch.ops.shg_fast.conv1x1,
-                          (x.contiguous(memory_format=torch.channels_last), packed, 7, None, None, None, None, False))
+                          (x.contiguous(memory_format=torch.channels_last), packed, 7, None, None, None, None, None,
+                           False))
+    out = torch.empty(2, 7, 6, 9).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.shg_fast.conv1x1_out, (x, packed, 7, bias, *bounds, extra, low, True, out))
 
 
 @pytest.mark.parametrize(
@@ -150,6 +182,8 @@ def test_library_ops_pass_opcheck():
         (lambda a: {**a, "clamp": (a["clamp"][0],)}, TypeError, "clamp must be"),
         (lambda a: {**a, "clamp": (a["clamp"][0][:2], a["clamp"][1])}, ValueError, "clamp lo must have"),
         (lambda a: {**a, "add": a["add"][:, :3]}, ValueError, "add must be"),
+        (lambda a: {**a, "add_low": torch.zeros(1, 6, 2, 2)}, ValueError, "add_low must be"),
+        (lambda a: {**a, "out": torch.zeros(1, 6, 5, 5).double()}, TypeError, "out must be float32"),
         (lambda a: {**a, "x": "x"}, TypeError, "must be a Tensor"),
     ],
 )
@@ -173,11 +207,22 @@ def test_cpp_checks_guard_the_raw_op():
     x, weight, bias, bounds, _ = make((1, 4, 6, 5, 5), clamp=True)
     packed = conv1x1_weight(weight)
     with pytest.raises(RuntimeError, match="weight_p must be"):
-        torch.ops.shg_fast.conv1x1(x, packed[:, :3], 6, bias, None, None, None, False)
+        torch.ops.shg_fast.conv1x1(x, packed[:, :3], 6, bias, None, None, None, None, False)
     with pytest.raises(RuntimeError, match="go together"):
-        torch.ops.shg_fast.conv1x1(x, packed, 6, bias, bounds[0], None, None, False)
+        torch.ops.shg_fast.conv1x1(x, packed, 6, bias, bounds[0], None, None, None, False)
     with pytest.raises(RuntimeError, match="add must be"):
-        torch.ops.shg_fast.conv1x1(x, packed, 6, bias, None, None, torch.zeros(1, 6, 5, 4), False)
+        torch.ops.shg_fast.conv1x1(x, packed, 6, bias, None, None, torch.zeros(1, 6, 5, 4), None, False)
+    with pytest.raises(RuntimeError, match="add_low must be"):
+        torch.ops.shg_fast.conv1x1(x, packed, 6, bias, None, None, None, torch.zeros(1, 6, 2, 3), False)
+    out = torch.empty(1, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="out must be"):
+        torch.ops.shg_fast.conv1x1_out(x, packed, 6, bias, None, None, None, None, False, out[:, :5])
+    with pytest.raises(RuntimeError, match="channels_last-contiguous"):
+        torch.ops.shg_fast.conv1x1_out(x, packed, 6, bias, None, None, None, None, False, torch.empty(1, 6, 5, 5))
+    same = torch.empty(1, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="must not overlap x"):
+        torch.ops.shg_fast.conv1x1_out(same[:, :4], conv1x1_weight(torch.rand(6, 4, 1, 1)), 6, None, None, None, None,
+                                       None, False, same)
 
 
 def test_missing_kernel_raises_backend_unavailable(monkeypatch):

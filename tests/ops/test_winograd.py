@@ -87,6 +87,22 @@ def test_threads_do_not_change_the_result(one_thread):
     assert torch.equal(winograd_conv3x3(x, u, bias), single)
 
 
+@pytest.mark.parametrize("c_out", [16, 9])
+def test_out_buffer(c_out):
+    """out=: written into the caller's (NaN-poisoned) channels_last buffer; overlapping x or the wrong layout raises."""
+    x, weight, bias = make((2, 8, c_out, 9, 7), torch.float32)
+    u = winograd_weight(weight)
+    expected = winograd_conv3x3(x, u, bias, relu=True)
+    out = torch.full((2, c_out, 9, 7), float("nan")).contiguous(memory_format=torch.channels_last)
+    assert winograd_conv3x3(x, u, bias, relu=True, out=out) is out
+    assert torch.equal(out, expected)
+    with pytest.raises(ValueError, match="out must be"):
+        winograd_conv3x3(x, u, bias, out=torch.empty(2, c_out, 9, 7))
+    shared = torch.empty(2, c_out, 9, 7).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="must not overlap x"):
+        torch.ops.shg_fast.winograd_conv3x3_out(shared[:, :8], u, bias, False, shared)
+
+
 def test_weight_transform_is_float64_then_cast():
     weight = torch.randn(4, 3, 3, 3)
     u = winograd_weight(weight)
@@ -110,6 +126,8 @@ def test_library_ops_pass_opcheck():
     torch.library.opcheck(torch.ops.shg_fast.winograd_conv3x3, (x, u, bias, True))
     torch.library.opcheck(torch.ops.shg_fast.winograd_conv3x3,
                           (x.contiguous(memory_format=torch.channels_last), u, None, False))
+    out = torch.empty(2, 7, 6, 9).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.shg_fast.winograd_conv3x3_out, (x, u, bias, True, out))
 
 
 @pytest.mark.parametrize(
