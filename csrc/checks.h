@@ -1,6 +1,7 @@
 // Argument checks shared by the CPU and CUDA registrations: clear errors before any kernel runs.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
 namespace shg_fast {
@@ -175,14 +176,14 @@ inline void check_out(const char* op, const at::Tensor& out, at::IntArrayRef siz
   TORCH_CHECK(out.is_contiguous(at::MemoryFormat::ChannelsLast), op, ": out must be channels_last-contiguous");
 }
 
-// out must not share memory with an input it is computed from.
-inline void check_no_overlap(const char* op, const at::Tensor& out, const at::Tensor& input, const char* name) {
-  const auto* lo = static_cast<const char*>(input.const_data_ptr());
-  const auto* hi = lo + input.numel() * input.element_size();
-  const auto* out_lo = static_cast<const char*>(out.const_data_ptr());
-  const auto* out_hi = out_lo + out.numel() * out.element_size();
-  TORCH_CHECK(input.numel() == 0 || out.numel() == 0 || out_hi <= lo || hi <= out_lo, op,
-              ": out must not overlap ", name);
+// out must not share memory with an input it is computed from (ATen's overlap test; `allow_same`: out may be
+// the input itself, laid out alike, when each element is read before the same element is written).
+inline void check_no_overlap(const char* op, const at::Tensor& out, const at::Tensor& input, const char* name,
+                             bool allow_same = false) {
+  const at::MemOverlapStatus status = at::get_overlap_status(out, input);
+  TORCH_CHECK(status == at::MemOverlapStatus::No || status == at::MemOverlapStatus::TooHard ||
+                  (allow_same && status == at::MemOverlapStatus::Full),
+              op, ": out must not overlap ", name);
 }
 
 // Memory-efficient training ops (CPU): NCHW-contiguous 4-D tensors; per-channel vectors (C,) contiguous in

@@ -62,8 +62,8 @@ void conv1x1_out_cpu(const at::Tensor& x, const at::Tensor& weight_p, int64_t ou
   if (add_low.has_value()) {
     check_no_overlap("conv1x1_out", out, *add_low, "add_low");
   }
-  if (add.has_value() && !add->is_same(out)) {
-    check_no_overlap("conv1x1_out", out, *add, "add (unless it is out itself)");
+  if (add.has_value()) {
+    check_no_overlap("conv1x1_out", out, *add, "add (unless it is out itself)", /*allow_same=*/true);
   }
   cpu::conv1x1_out(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, add_low, relu, out);
 }

@@ -93,15 +93,20 @@ void run_block(const Conv1x1Args& p, int64_t first, int64_t rows, int64_t panel_
 #endif
     a = clamped;
   }
+  // Where each pixel's row of the half-size map starts (the same for every panel).
+  int64_t low_offset[kBlockRows];
+  for (int64_t r = 0; p.low != nullptr && r < rows; ++r) {
+    const int64_t pixel = first + r, n = pixel / (p.height * p.width);
+    const int64_t yy = pixel / p.width % p.height, xx = pixel % p.width;
+    low_offset[r] = ((n * ((p.height + 1) / 2) + yy / 2) * ((p.width + 1) / 2) + xx / 2) * p.c_out;
+  }
   for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
     const float* b = p.w + panel * p.c_in * kCols;
     const int64_t col = panel * kCols, cols = std::min(kCols, p.c_out - col);
     for (int64_t i = 0; i < rows; i += kTileRows) {
       const float* low_rows[kTileRows] = {};
       for (int64_t r = 0; p.low != nullptr && r < kTileRows && i + r < rows; ++r) {
-        const int64_t pixel = first + i + r, n = pixel / (p.height * p.width);
-        const int64_t yy = pixel / p.width % p.height, xx = pixel % p.width;
-        low_rows[r] = p.low + ((n * ((p.height + 1) / 2) + yy / 2) * ((p.width + 1) / 2) + xx / 2) * p.c_out + col;
+        low_rows[r] = p.low + low_offset[i + r] + col;
       }
       const TileEpilogue epilogue{p.bias + col, p.add != nullptr ? p.add + (first + i) * p.c_out + col : nullptr,
                                   p.c_out, p.low != nullptr ? low_rows : nullptr, p.relu};
@@ -119,13 +124,10 @@ at::Tensor conv1x1_weight(const at::Tensor& weight) {
   return w.view({panels, kCols, c_in}).transpose(1, 2).contiguous();
 }
 
-namespace {
-
-// y (N, out_channels, H, W) channels_last-contiguous float32 = the convolution of x_in (any layout).
-void conv1x1_into(const at::Tensor& x_in, const at::Tensor& weight_p, int64_t out_channels,
-                  const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
-                  const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
-                  const c10::optional<at::Tensor>& add_low, bool relu, at::Tensor& y) {
+void conv1x1_out(const at::Tensor& x_in, const at::Tensor& weight_p, int64_t out_channels,
+                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
+                 const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
+                 const c10::optional<at::Tensor>& add_low, bool relu, at::Tensor& y) {
   if (y.numel() == 0) {
     return;
   }
@@ -170,23 +172,14 @@ void conv1x1_into(const at::Tensor& x_in, const at::Tensor& weight_p, int64_t ou
   });
 }
 
-}  // namespace
-
 at::Tensor conv1x1(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
                    const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
                    const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
                    const c10::optional<at::Tensor>& add_low, bool relu) {
   at::Tensor y = at::empty({x.size(0), out_channels, x.size(2), x.size(3)},
                            x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  conv1x1_into(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, add_low, relu, y);
+  conv1x1_out(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, add_low, relu, y);
   return prefers_channels_last(x) ? y : y.contiguous();
-}
-
-void conv1x1_out(const at::Tensor& x, const at::Tensor& weight_p, int64_t out_channels,
-                 const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& clamp_lo,
-                 const c10::optional<at::Tensor>& clamp_hi, const c10::optional<at::Tensor>& add,
-                 const c10::optional<at::Tensor>& add_low, bool relu, at::Tensor& out) {
-  conv1x1_into(x, weight_p, out_channels, bias, clamp_lo, clamp_hi, add, add_low, relu, out);
 }
 
 }  // namespace shg_fast::cpu

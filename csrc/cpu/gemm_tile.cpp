@@ -26,7 +26,8 @@ void gemm_tile_baseline(const float* a, int64_t lda, const float* b, int64_t ldb
   }
   for (int64_t i = 0; i < rows; ++i) {
     for (int64_t j = 0; j < cols; ++j) {
-      float v = acc[i][j] + (e.bias != nullptr ? e.bias[j] : 0.0f) + (e.add != nullptr ? e.add[i * e.ld_add + j] : 0.0f);
+      float v = acc[i][j] + (e.bias != nullptr ? e.bias[j] : 0.0f);
+      v += e.add != nullptr ? e.add[i * e.ld_add + j] : 0.0f;
       v += e.add_rows != nullptr ? e.add_rows[i][j] : 0.0f;
       y[i * ldy + j] = e.relu && v < 0.0f ? 0.0f : v;
     }
@@ -78,7 +79,8 @@ SHG_TARGET_AVX2 void gemm_tile_avx2(const float* a, int64_t lda, const float* b,
                                     float* y, int64_t ldy, int64_t rows, int64_t cols, const TileEpilogue& e) {
   // Named accumulators: GCC keeps an accumulator array in memory across the loop (a store per FMA).
   const float *a0 = a, *a1 = a + (rows > 1 ? lda : 0), *a2 = a + (rows > 2 ? 2 * lda : 0);
-  const float *a3 = a + (rows > 3 ? 3 * lda : 0), *a4 = a + (rows > 4 ? 4 * lda : 0), *a5 = a + (rows > 5 ? 5 * lda : 0);
+  const float *a3 = a + (rows > 3 ? 3 * lda : 0), *a4 = a + (rows > 4 ? 4 * lda : 0);
+  const float* a5 = a + (rows > 5 ? 5 * lda : 0);
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   for (int64_t k = 0; k < depth; ++k) {

@@ -291,11 +291,8 @@ at::Tensor winograd_weight(const at::Tensor& weight) {
   return u.reshape({kPositions, weight.size(1), weight.size(0)}).to(weight.scalar_type()).contiguous();
 }
 
-namespace {
-
-// y (N, C_out, H, W) channels_last-contiguous = the convolution of x_in (any layout).
-void winograd_into(const at::Tensor& x_in, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias_in,
-                   bool relu, at::Tensor& y) {
+void winograd_conv3x3_out(const at::Tensor& x_in, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias_in,
+                          bool relu, at::Tensor& y) {
   if (y.numel() == 0) {
     return;
   }
@@ -329,19 +326,12 @@ void winograd_into(const at::Tensor& x_in, const at::Tensor& weight_t, const c10
   });
 }
 
-}  // namespace
-
 at::Tensor winograd_conv3x3(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
                             bool relu) {
   at::Tensor y = at::empty({x.size(0), weight_t.size(2), x.size(2), x.size(3)},
                            x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  winograd_into(x, weight_t, bias, relu, y);
+  winograd_conv3x3_out(x, weight_t, bias, relu, y);
   return prefers_channels_last(x) ? y : y.contiguous();
-}
-
-void winograd_conv3x3_out(const at::Tensor& x, const at::Tensor& weight_t, const c10::optional<at::Tensor>& bias,
-                          bool relu, at::Tensor& out) {
-  winograd_into(x, weight_t, bias, relu, out);
 }
 
 }  // namespace shg_fast::cpu

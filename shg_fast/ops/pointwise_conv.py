@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from .. import _extension
-from ..backends import BackendUnavailableError
+from ._cpu_checks import check_cpu_tensor, require_cpu_kernel
 
 __all__ = ["conv1x1_available", "conv1x1_weight", "conv1x1", "conv1x1_reference", "check_conv1x1"]
 
@@ -37,20 +37,11 @@ def conv1x1_available() -> bool:
 
 
 def _require_kernel() -> None:
-    if not conv1x1_available():
-        reason = _extension.load()[1] or "the loaded extension has no shg_fast::conv1x1 (rebuild it)"
-        raise BackendUnavailableError(f"conv1x1: {reason}")
+    require_cpu_kernel("conv1x1", conv1x1_available())
 
 
 def _check_tensor(name: str, t, dim: int) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"conv1x1: {name} must be a Tensor, got {type(t).__name__}")
-    if t.dim() != dim:
-        raise ValueError(f"conv1x1: {name} must be {dim}-D, got shape {tuple(t.shape)}")
-    if t.dtype != torch.float32:
-        raise TypeError(f"conv1x1: {name} must be float32, got {t.dtype}")
-    if t.device.type != "cpu":
-        raise ValueError(f"conv1x1: {name} must be a CPU tensor, got device {t.device}")
+    check_cpu_tensor("conv1x1", name, t, dim, (torch.float32,))
 
 
 def check_conv1x1(x: torch.Tensor, weight_p: torch.Tensor, out_channels: int, bias: torch.Tensor | None = None,

@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from .. import _extension
-from ..backends import BackendUnavailableError
+from ._cpu_checks import check_cpu_tensor, require_cpu_kernel
 
 __all__ = ["winograd_available", "winograd_isa", "winograd_weight", "winograd_conv3x3", "winograd_conv3x3_reference",
            "check_winograd_conv3x3"]
@@ -44,20 +44,11 @@ def winograd_isa() -> str | None:
 
 
 def _require_kernel() -> None:
-    if not winograd_available():
-        reason = _extension.load()[1] or "the loaded extension has no shg_fast::winograd_conv3x3 (rebuild it)"
-        raise BackendUnavailableError(f"winograd_conv3x3: {reason}")
+    require_cpu_kernel("winograd_conv3x3", winograd_available())
 
 
 def _check_tensor(op: str, name: str, t: torch.Tensor, dim: int) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
-    if t.dim() != dim:
-        raise ValueError(f"{op}: {name} must be {dim}-D, got shape {tuple(t.shape)}")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{op}: {name} dtype must be one of {SUPPORTED_DTYPES}, got {t.dtype}")
-    if t.device.type != "cpu":
-        raise ValueError(f"{op}: {name} must be a CPU tensor, got device {t.device}")
+    check_cpu_tensor(op, name, t, dim, SUPPORTED_DTYPES)
 
 
 def check_winograd_conv3x3(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None = None) -> None:

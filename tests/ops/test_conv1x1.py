@@ -174,7 +174,7 @@ def test_library_ops_pass_opcheck():
     "change,exc,match",
     [
         (lambda a: {**a, "x": a["x"][0]}, ValueError, "x must be 4-D"),
-        (lambda a: {**a, "x": a["x"].double()}, TypeError, "x must be float32"),
+        (lambda a: {**a, "x": a["x"].double()}, TypeError, "x dtype must be one of"),
         (lambda a: {**a, "weight_p": a["weight_p"][:, :2]}, ValueError, "weight_p must be"),
         (lambda a: {**a, "out_channels": 40}, ValueError, "weight_p must be"),
         (lambda a: {**a, "out_channels": 0}, ValueError, "out_channels must be"),
@@ -183,7 +183,7 @@ def test_library_ops_pass_opcheck():
         (lambda a: {**a, "clamp": (a["clamp"][0][:2], a["clamp"][1])}, ValueError, "clamp lo must have"),
         (lambda a: {**a, "add": a["add"][:, :3]}, ValueError, "add must be"),
         (lambda a: {**a, "add_low": torch.zeros(1, 6, 2, 2)}, ValueError, "add_low must be"),
-        (lambda a: {**a, "out": torch.zeros(1, 6, 5, 5).double()}, TypeError, "out must be float32"),
+        (lambda a: {**a, "out": torch.zeros(1, 6, 5, 5).double()}, TypeError, "out dtype must be one of"),
         (lambda a: {**a, "x": "x"}, TypeError, "must be a Tensor"),
     ],
 )
@@ -219,10 +219,14 @@ def test_cpp_checks_guard_the_raw_op():
         torch.ops.shg_fast.conv1x1_out(x, packed, 6, bias, None, None, None, None, False, out[:, :5])
     with pytest.raises(RuntimeError, match="channels_last-contiguous"):
         torch.ops.shg_fast.conv1x1_out(x, packed, 6, bias, None, None, None, None, False, torch.empty(1, 6, 5, 5))
-    same = torch.empty(1, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    base = torch.rand(150 + 6)  # channels_last views of one buffer, one pixel apart
+    nhwc = (lambda t, c: t.view(1, 5, 5, c).permute(0, 3, 1, 2))
+    with pytest.raises(RuntimeError, match="must not overlap add"):
+        torch.ops.shg_fast.conv1x1_out(x, packed, 6, bias, None, None, nhwc(base[6:], 6), None, False,
+                                       nhwc(base[:150], 6))
     with pytest.raises(RuntimeError, match="must not overlap x"):
-        torch.ops.shg_fast.conv1x1_out(same[:, :4], conv1x1_weight(torch.rand(6, 4, 1, 1)), 6, None, None, None, None,
-                                       None, False, same)
+        torch.ops.shg_fast.conv1x1_out(nhwc(base[:100], 4), conv1x1_weight(torch.rand(6, 4, 1, 1)), 6, None, None,
+                                       None, None, None, False, nhwc(base[6:], 6))
 
 
 def test_missing_kernel_raises_backend_unavailable(monkeypatch):

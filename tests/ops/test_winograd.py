@@ -98,9 +98,11 @@ def test_out_buffer(c_out):
     assert torch.equal(out, expected)
     with pytest.raises(ValueError, match="out must be"):
         winograd_conv3x3(x, u, bias, out=torch.empty(2, c_out, 9, 7))
-    shared = torch.empty(2, c_out, 9, 7).contiguous(memory_format=torch.channels_last)
+    base = torch.rand(2 * 63 * c_out + 8)  # x and out: channels_last views of one buffer, 8 floats apart
+    x_shared = base[:2 * 63 * 8].view(2, 9, 7, 8).permute(0, 3, 1, 2)
+    out_shared = base[8:].view(2, 9, 7, c_out).permute(0, 3, 1, 2)
     with pytest.raises(RuntimeError, match="must not overlap x"):
-        torch.ops.shg_fast.winograd_conv3x3_out(shared[:, :8], u, bias, False, shared)
+        torch.ops.shg_fast.winograd_conv3x3_out(x_shared, u, bias, False, out_shared)
 
 
 def test_weight_transform_is_float64_then_cast():
