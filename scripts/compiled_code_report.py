@@ -305,6 +305,9 @@ def cuda_kernels(sources=None) -> list[dict]:
 
     ``shared_bytes`` is the static shared memory; the residual block kernel adds dynamic shared
     memory per launch (shg_residual_block_smem_bytes), so its ``ctas_per_sm`` counts registers only.
+    ``register_cap`` is the per-thread register limit ptxas compiled under (EIATTR_MAXREG_COUNT of the
+    cubin's .nv.info: 255 unless ``__launch_bounds__`` asks for a minimum of CTAs per SM); for the
+    residual block kernel ``min_ctas_per_sm`` is the CTAs per SM that cap guarantees by registers.
     """
     import re
     import shutil
@@ -325,7 +328,11 @@ def cuda_kernels(sources=None) -> list[dict]:
             usage = subprocess.run([tool, "--dump-resource-usage", str(obj)], capture_output=True, text=True,
                                    check=True).stdout
             sass = subprocess.run([tool, "--dump-sass", str(obj)], capture_output=True, text=True, check=True).stdout
+            elf = subprocess.run([tool, "-elf", str(obj)], capture_output=True, text=True, check=True).stdout
         resources = dict(re.findall(r"Function (\S+):\s*\n\s*(REG:.*)", usage))
+        caps = {m: int(v, 16) for m, v in re.findall(
+            r"^\.nv\.info\.(\S+)\n(?:(?!^\.).*\n)*?\s*Attribute:\s*EIATTR_MAXREG_COUNT\n.*\n\s*Value:\s*(0x[0-9a-f]+)",
+            elf, re.M)}
         for chunk in sass.split("Function : ")[1:]:
             mangled = chunk.split(None, 1)[0]
             fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", resources.get(mangled, "")))
@@ -342,9 +349,10 @@ def cuda_kernels(sources=None) -> list[dict]:
                          spill_instructions=sum(op in ("STL", "LDL") for op in opcodes),
                          shared_bytes=shared, ctas_per_sm=sm90.ctas_per_sm(registers, shared, 8),
                          tensor_core=family, mma_instructions=sum(op == family for op in opcodes) if family else 0,
-                         compiler="nvcc sm_90a")
+                         compiler="nvcc sm_90a", register_cap=caps.get(mangled, 255))
             if entry["gemm"]:
                 entry.update(_block_kernel_facts(short, dtype, registers, opcodes))
+                entry["min_ctas_per_sm"] = 65536 // (entry["register_cap"] * 256)  # 256-thread CTAs
             entries.append(entry)
     return entries
 

@@ -182,6 +182,8 @@ def test_cuda_block_kernel_compiles_to_ldmatrix_mma_sync_without_spills():
     for kernel in entries:
         assert kernel["spill_bytes"] == 0 and kernel["spill_instructions"] == 0, kernel
         assert 0 < kernel["registers"] <= 128, kernel  # two 256-thread CTAs per SM by registers
+        # ... by declaration (__launch_bounds__(256, 2)), not because ptxas happened to land under 128
+        assert kernel["register_cap"] <= 128 and kernel["min_ctas_per_sm"] >= 2, kernel
     for kernel in tensor:
         assert kernel["tensor_core"] == "HMMA" and kernel["mma_instructions"] > 0, kernel
         assert kernel["ldmatrix"] > 0 and kernel["cp_async"] > 0, kernel

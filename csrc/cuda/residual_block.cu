@@ -70,6 +70,10 @@ namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
+// Two CTAs per SM, declared: the tiling (choose_tiling's resident CTA slots) and the resident-weight rule
+// count on two CTAs sharing an SM, which needs at most 128 registers per thread (65536 / (2 x 256)).
+// With the bound ptxas must fit 128; without it two CTAs would hold only while ptxas happened to land there.
+constexpr int kMinCtasPerSm = 2;
 constexpr int kChunkBytes = 128;                   // K bytes of a weight chunk of kNPass rows
 constexpr int kRowPad = 16;                        // padding bytes after every shared-memory row
 constexpr int kBStride = kChunkBytes + kRowPad;    // bytes between weight rows of a chunk
@@ -456,7 +460,7 @@ __device__ __forceinline__ void exact_gemm(int M, int n_begin, int n_count, int 
 // grid_dependency_wait() the kernel at most prefetches its resident weights into L2; it reads
 // nothing into registers or shared memory and writes nothing.
 template <typename T, bool kMma>
-__global__ void __launch_bounds__(kThreads) residual_block_kernel(
+__global__ void __launch_bounds__(kThreads, kMinCtasPerSm) residual_block_kernel(
     Params<T> p) {  // pointers (as shg_residual_block_args in launchers.h), sizes and the chosen tiling
   using Acc = std::conditional_t<kMma, float, acc_t<T>>;
   extern __shared__ __align__(128) unsigned char smem[];
