@@ -49,26 +49,39 @@ def cuda_graph(model: nn.Module, example_input: torch.Tensor, *, warmup: int = 3
     if flip_pairs is not None and not decode:
         raise ValueError("flip_pairs needs decode=True")
     check = _input_check(model, example_input)
-
-    def forward(x: torch.Tensor):
-        if not fast:
-            return model(x)
-        x = model.normalize_input(x)
-        return model.fused_plan().program(x, decode=decode, flip_pairs=flip_pairs)(x)
+    forward = _forward(model, fast, decode, flip_pairs)
 
     if example_input.device.type != "cuda":
         def run_eager(x: torch.Tensor):
             check(x)
             with torch.inference_mode():
-                return forward(x) if decode else model(x)
+                return forward(x)[0] if decode else model(x)
 
         return run_eager
 
     return _GraphRunner(model, example_input, forward, warmup, clone_outputs, fast, check)
 
 
+def _forward(model: nn.Module, fast: bool, decode: bool, flip_pairs) -> Callable:
+    """``forward(x) -> (outputs, program)``: the model's forward, and for the fast model the
+    :class:`~shg_fast.engine.Program` that ran it (None for a reference model)."""
+    def forward(x: torch.Tensor):
+        if not fast:
+            return model(x), None
+        x = model.normalize_input(x)
+        program = model.fused_plan().program(x, decode=decode, flip_pairs=flip_pairs)
+        return program(x), program
+
+    return forward
+
+
 class _GraphRunner:
-    """The replaying callable of :func:`cuda_graph`: capture once, then check one counter and replay."""
+    """The replaying callable of :func:`cuda_graph`: capture once, then check one counter and replay.
+
+    It holds the :class:`~shg_fast.engine.Program` it captured: the graph replays into that
+    program's buffers and reads its prepacked weights, so they must live as long as the graph,
+    also once the plan's program cache (``MAX_PROGRAMS``) has dropped the program.
+    """
 
     def __init__(self, model, example_input, forward, warmup, clone_outputs, fast, check):
         self.model, self.forward, self.warmup, self.clone_outputs = model, forward, warmup, clone_outputs
@@ -87,12 +100,12 @@ class _GraphRunner:
         torch.cuda.current_stream(static_input.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
-            outputs = forward(static_input)
-        self.captured(graph, outputs)
+            outputs, program = forward(static_input)
+        self.captured(graph, outputs, program)
 
-    def captured(self, graph, outputs) -> None:
+    def captured(self, graph, outputs, program) -> None:
         model = self.model
-        self.graph, self.copy = graph, _copier(outputs, self.clone_outputs)
+        self.graph, self.copy, self.program = graph, _copier(outputs, self.clone_outputs), program
         self.key = None if self.fast else state_key(model)
         self.generation = model_module.state_generation()
         self.plan = model.fused_plan() if self.fast else None

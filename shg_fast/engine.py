@@ -47,8 +47,8 @@ from .ops.decode_heatmaps import DECODE_HEATMAPS, flip_permutation
 from .ops.residual_block import RESIDUAL_BLOCK
 from .tactics import Tactic
 
-__all__ = ["DeviceCaps", "Program", "Settings", "Step", "StepError", "build_program", "current_settings",
-           "recorded_gpu", "shape_key"]
+__all__ = ["DeviceCaps", "Program", "Settings", "Step", "StepError", "StreamOrder", "build_program",
+           "current_settings", "recorded_gpu", "shape_key"]
 
 _INT32_LIMIT = 2**31  # the Triton kernels address elements with int32 offsets
 _MAX_FLIP_JOINTS = 256  # SHG_MAX_FLIP_JOINTS of csrc/cuda/launchers.h: the CUDA decode's flip permutation
@@ -148,13 +148,18 @@ class Program:
 
     With ``decode`` it returns ``(heatmaps, coords, maxvals)`` (see :func:`build_program`). The
     heatmaps are new tensors on each call; intermediate buffers are the program's own, so one
-    call runs at a time (a lock serialises concurrent calls).
+    call runs at a time: a lock serialises concurrent calls on the host, and on a GPU a call on
+    another CUDA stream than the last call's first makes its stream wait for the last one's work
+    (:class:`StreamOrder`), so two streams never run the program's kernels on its buffers at once.
+    Calls on one stream cost no synchronisation. The outputs belong to the calling stream, as any
+    PyTorch op's do. Replays of a CUDA graph captured from the program are not ordered by it:
+    replay such a graph on one stream (:func:`shg_fast.cuda_graph` replays on the caller's).
     """
 
     def __init__(self, key: tuple, steps: list[Step], runs: list[Callable], outputs: list[int], nregs: int,
                  out_alloc: Callable | None, out_regs: slice | None, decode_regs: tuple[int, int] | None,
                  guard: Callable | None, recorder: list | None, settings: Settings, caps: DeviceCaps,
-                 unflipped: int | None):
+                 unflipped: int | None, stream_order: "StreamOrder | None" = None):
         self.key = key
         self.steps = steps
         self.settings = settings
@@ -169,6 +174,7 @@ class Program:
         self._guard = guard
         self._unflipped = unflipped  # flip test: the heatmaps returned are the first this many of the batch
         self._lock = threading.Lock()
+        self._stream_order = stream_order
 
     @property
     def launch_count(self) -> int:
@@ -184,6 +190,8 @@ class Program:
     def __call__(self, x: torch.Tensor):
         self.check_input(x)
         with self._lock:
+            if self._stream_order is not None:
+                self._stream_order()
             env = [None] * self._nregs
             env[0] = x
             if self._out_alloc is not None:
@@ -225,6 +233,30 @@ class Program:
         for i, s in enumerate(self.steps):
             lines.append(f"{i:4d} {s.name:<24} {s.op:<14} {s.shape:<40} {s.tactic.describe():<28} {s.tactic.reason}")
         return lines
+
+
+class StreamOrder:
+    """Orders the calls of one GPU program across CUDA streams: its buffers are shared between calls.
+
+    Called at the start of each call (under the program's lock): when the current stream of
+    ``device`` is not the last call's, it waits for all the work queued on the last call's stream
+    so far (``wait_stream``: one event, no host synchronisation), which includes that call's
+    kernels. Calls then run in the order they were made, whatever their streams. Nothing is done
+    while a stream is being captured into a CUDA graph: capture begins on a synchronised device,
+    and a capturing stream cannot wait on uncaptured work.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.last = None  # the stream of the last call
+
+    def __call__(self) -> None:
+        if torch.cuda.is_current_stream_capturing():
+            return
+        stream = torch.cuda.current_stream(self.device)
+        if self.last is not None and stream != self.last:
+            stream.wait_stream(self.last)
+        self.last = stream
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,7 +461,7 @@ class _Builder:
         _check_offsets(f"{name} triton conv", {f"register {r}": (specs[r][0], st) for r, st in strides.items()}
                        | {"weight": (w.shape, w.stride())})
         tiles = -(-m // cfg["BLOCK_M"]) * -(-cout // cfg["BLOCK_N"])
-        # Split-K partial sums: one float32 buffer per step, allocated once (a program runs on one stream).
+        # Split-K partial sums: one float32 buffer per step, allocated once (StreamOrder orders streams).
         part = torch.empty((split, m, cout), dtype=torch.float32, device=self.device) if split > 1 else None
         sizes = (n, c1, c2, h, wd, cout, oh, ow)
         res_strides = strides[x if residual is None else residual]
@@ -906,13 +938,14 @@ def build_program(plan, batch: int, height: int, width: int, *, caps: DeviceCaps
     buffers = _allocate(b.nodes, b.specs, plan.dtype, caps.device, set(outputs))
     keep = set(outputs) | set(decode_regs or ())
     runs = [_releasing(node.make(buf), dead) for node, buf, dead in zip(b.nodes, buffers, _dead_after(b.nodes, keep))]
-    guard = None
+    guard = order = None
     if caps.device.type == "cuda":
         index = caps.device.index if caps.device.index is not None else torch.cuda.current_device()
         guard = (lambda: torch.cuda.device(index))  # Triton launches on the current device: the input's
+        order = StreamOrder(torch.device("cuda", index))
     key = ((batch, 3, height, width), plan.dtype, caps.device if not caps.recorded else torch.device("meta"),
            settings, decode, None if flip_pairs is None else tuple(map(tuple, flip_pairs)))
     return Program(key, [n.step for n in b.nodes], runs, outputs, len(b.specs), out_alloc, out_regs, decode_regs,
                    guard, b.recorder.calls if b.recorder else None, settings, caps,
-                   batch if flip_pairs is not None else None)
+                   batch if flip_pairs is not None else None, order)
 

@@ -372,3 +372,88 @@ def test_gpu_program_takes_the_default_tactics():
 
     assert blocks <= ({"cuda"} if _extension.has_kernel("residual_block", "CUDA") else {"triton"})
     assert convs == {"triton"}
+
+
+class _FakeStream:
+    """A CPU stand-in for a CUDA stream: its waits are appended to ``log`` (a recorded program's launch list)."""
+
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    def wait_stream(self, other: "_FakeStream") -> None:
+        self.log.append(f"{self.name} waits for {other.name}")
+
+
+def test_a_gpu_program_called_on_another_stream_waits_for_the_last_call(monkeypatch):
+    """The program's buffers are shared between calls: a call on stream B after one on stream A must queue
+    behind A's kernels (stand-in streams; the launches are those of a recorded GPU program)."""
+    _, fast = make_pair()
+    program = build_program(fast.fused_plan(), 1, 64, 64, caps=recorded_gpu())
+    # a recorded program has no CUDA device; order its calls as build_program orders a real GPU program's
+    program._stream_order = engine.StreamOrder(torch.device("cuda", 0))
+    log = program.launches
+    streams = {name: _FakeStream(name, log) for name in "AB"}
+    current = ["A"]
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: streams[current[0]])
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    x = torch.empty(1, 3, 64, 64, device="meta")
+    marks = []
+    with torch.no_grad():
+        for name in "ABBA":
+            current[0] = name
+            marks.append(len(log))
+            program(x)
+    n = program.launch_count
+    assert marks == [0, n, 2 * n + 1, 3 * n + 1]
+    assert log[n] == "B waits for A" and log[3 * n + 1] == "A waits for B"  # before that call's first launch
+    assert [e for e in log if "waits" in e] == ["B waits for A", "A waits for B"]  # one stream: no waits
+
+
+def test_cuda_graph_keeps_the_program_it_captured_past_the_plan_cache(monkeypatch):
+    """The graph replays into its program's buffers and prepacked weights: once the plan's cache drops that
+    program (more than MAX_PROGRAMS shapes built), the graph runner must still hold it (stand-in capture)."""
+    import gc
+    import importlib
+    import weakref
+
+    from shg_fast.plan import MAX_PROGRAMS
+
+    graph_module = importlib.import_module("shg_fast.cuda_graph")
+    stream = _FakeStream("side", [])
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    _, fast = make_pair()
+    x = torch.rand(1, 3, 64, 64)
+    runner = graph_module._GraphRunner(fast, x, graph_module._forward(fast, True, False, None), 1, True, True,
+                                       lambda x: None)
+    plan = fast.fused_plan()
+    captured = weakref.ref(plan.program(fast.normalize_input(x)))  # the cached program the capture ran
+    for batch in range(2, MAX_PROGRAMS + 2):
+        plan.program(torch.empty(batch, 3, 64, 64))
+    gc.collect()
+    assert all(p is not captured() for p in plan._programs.values())  # evicted from the cache ...
+    assert captured() is not None and runner.program is captured()  # ... but alive while the graph is
+
+
+@pytest.mark.gpu
+def test_gpu_program_on_two_streams_matches_one_stream():
+    """The same model called on two CUDA streams back to back: each call's heatmaps are those of one stream."""
+    _, fast = make_pair(2, 32, 5)
+    fast = fast.cuda()
+    xs = [torch.rand(4, 3, 128, 128, device="cuda") for _ in range(4)]
+    with torch.no_grad():
+        want = [fast(x)[-1].clone() for x in xs]
+        streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+        for s in streams:
+            s.wait_stream(torch.cuda.current_stream())
+        got = []
+        for i, x in enumerate(xs):
+            with torch.cuda.stream(streams[i % 2]):
+                got.append(fast(x)[-1])
+        for s in streams:
+            torch.cuda.current_stream().wait_stream(s)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
