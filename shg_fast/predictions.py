@@ -1,4 +1,4 @@
-"""Roofline and kernel-model PREDICTIONS of GPU times on an H200 (no GPU has run these kernels).
+"""Roofline and kernel-model PREDICTIONS of GPU times on an H200 or H100 (no GPU has run these kernels).
 
 Used by ``scripts/compiled_code_report.py`` (benchmarks/results/compiled-code.json), by the
 default rule of :mod:`shg_fast.tactics` for residual blocks, and next to the measurements of
@@ -6,6 +6,11 @@ default rule of :mod:`shg_fast.tactics` for residual blocks, and next to the mea
 assumptions below; none is a measurement.
 
 Modes: ``fp32`` (exact fp32 FMA), ``tf32``, ``bf16``, ``fp16``.
+
+The rates are those of one device profile (:data:`DEVICE_PROFILES`): the H200 by default (the
+tactic table and ``benchmarks/results/compiled-code.json`` are computed for it), or the one
+:func:`use_device` picks from a CUDA device name (``torch.cuda.get_device_name()``); ``RATES``
+says which profile is in force and why.
 """
 
 from __future__ import annotations
@@ -13,18 +18,32 @@ from __future__ import annotations
 import math
 
 __all__ = ["MATRIX_TFLOPS", "COPY_TBPS", "LAUNCH_FLOOR_US", "ELEMENT_SIZE", "ASSUMPTIONS", "RATES",
-           "conv_prediction", "block_prediction", "triton_block_prediction", "latency_floor_us", "classify_miss",
-           "BELOW_LATENCY_FLOOR", "KERNEL_INEFFICIENCY"]
+           "DEFAULT_DEVICE", "DEVICE_PROFILES", "device_profile", "use_device", "conv_prediction", "block_prediction",
+           "triton_block_prediction", "latency_floor_us", "classify_miss", "BELOW_LATENCY_FLOOR", "KERNEL_INEFFICIENCY"]
 
-H200_SMS = 132
-H200_SMEM_OPTIN = 232448  # bytes of shared memory one block may opt in to
-H200_SMEM_PER_SM = 233472
-H200_REGISTERS_PER_SM = 65536
+HOPPER_SMS = 132  # the H100 SXM and the H200 alike (both GH100 with 132 SMs enabled)
+HOPPER_SMEM_OPTIN = 232448  # bytes of shared memory one block may opt in to
+HOPPER_SMEM_PER_SM = 233472
+HOPPER_REGISTERS_PER_SM = 65536
 ELEMENT_SIZE = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
-# Rates of the H200 (TFLOP/s, TB/s). bf16: the dense matrix rate measured on random data (device
-# notes, KINDS.md); TF32 is half of it and plain fp32 FMA 67/990 of it, the datasheet's ratios.
-MATRIX_TFLOPS = {"bf16": 790.0, "fp16": 790.0, "tf32": 395.0, "fp32": 67.0 * 790.0 / 990.0}
-COPY_TBPS = 4.3
+#: Rates per device (TFLOP/s, TB/s, GHz). Both are Hopper SXM parts with 132 SMs, the same matrix units
+#: and the same 1.98 GHz boost clock (so the same per-SM figures below); they differ in memory. bf16 is
+#: the dense matrix rate measured on random data and copy_tbps the device-to-device copy (bytes read
+#: plus written) measured on one such machine of the lending workplace (its device notes, KINDS.md),
+#: not the datasheet's 989 TFLOP/s and 4.8 (H200, HBM3e) / 3.35 (H100 SXM, HBM3) TB/s, which a
+#: running kernel does not reach. TF32 is half the bf16 rate and plain fp32 FMA 67/990 of it, the
+#: datasheet's ratios.
+DEVICE_PROFILES = {
+    "H200": dict(bf16_tflops=790.0, copy_tbps=4.3, clock_ghz=1.98, l2_mb=60, hbm_gb=141,
+                 source="bf16 788-798 TFLOP/s and copy 4.3 TB/s measured on H200s (device notes, 2026-10/11); "
+                        "datasheet 989 TFLOP/s dense bf16, 4.8 TB/s HBM3e"),
+    "H100 SXM": dict(bf16_tflops=798.0, copy_tbps=3.0, clock_ghz=1.98, l2_mb=50, hbm_gb=80,
+                     source="bf16 798 TFLOP/s and copy 3.0 TB/s measured on one H100 80GB HBM3 (device notes, "
+                            "2026-11-13); datasheet 989 TFLOP/s dense bf16, 3.35 TB/s HBM3"),
+}
+DEFAULT_DEVICE = "H200"
+MATRIX_TFLOPS: dict[str, float] = {}
+COPY_TBPS = 0.0
 LAUNCH_FLOOR_US = 2.0  # assumed per-kernel floor in a CUDA-graph replay (ramp up and drain)
 #: Assumptions of the CUDA block kernel's model (not measured; a GPU run should replace them).
 ASSUMPTIONS = dict(
@@ -34,10 +53,44 @@ ASSUMPTIONS = dict(
     cluster_barrier_us=0.2,     # one cluster barrier plus its DSMEM gather's latency
     registers=124,              # the tensor-core kernel's registers per thread (ptxas, sm_90a: 123-124)
 )
-RATES = dict(matrix_tflops=MATRIX_TFLOPS, copy_tbps=COPY_TBPS, launch_floor_us=LAUNCH_FLOOR_US,
-             cuda_block_model=ASSUMPTIONS,
-             note="bf16 rate and copy bandwidth measured on one H200 (device notes); TF32 and fp32 derived "
-                  "from the datasheet ratios; the launch floor and the CUDA block model's figures are assumptions")
+RATES: dict = dict(launch_floor_us=LAUNCH_FLOOR_US, cuda_block_model=ASSUMPTIONS,
+                   note="bf16 rate and copy bandwidth measured on one device of the profile (device notes); TF32 "
+                        "and fp32 derived from the datasheet ratios; the launch floor and the CUDA block model's "
+                        "figures are assumptions")
+
+
+def device_profile(device_name: str | None) -> tuple[str, str]:
+    """The profile of :data:`DEVICE_PROFILES` for a CUDA device name, and why it was chosen.
+
+    'NVIDIA H200' -> H200, 'NVIDIA H100 80GB HBM3' (the SXM part) -> H100 SXM; any other name (an
+    H100 PCIe or NVL has other rates and SM counts), or none, -> :data:`DEFAULT_DEVICE`, said so.
+    """
+    name = (device_name or "").upper()
+    if "H200" in name:
+        return "H200", f"device name {device_name!r}"
+    if "H100" in name and "PCIE" not in name and "NVL" not in name:
+        return "H100 SXM", f"device name {device_name!r}"
+    return DEFAULT_DEVICE, f"default: no profile for {device_name!r}" if device_name else "default: no device named"
+
+
+def use_device(device_name: str | None) -> str:
+    """Make every prediction of this module use the rates of ``device_name``'s profile; returns its name.
+
+    Updates :data:`MATRIX_TFLOPS`, :data:`COPY_TBPS` and :data:`RATES` (which names the profile and
+    the reason) in place, so importers of the dicts see the change.
+    """
+    global COPY_TBPS
+    profile, reason = device_profile(device_name)
+    rates = DEVICE_PROFILES[profile]
+    bf16 = rates["bf16_tflops"]
+    MATRIX_TFLOPS.update(bf16=bf16, fp16=bf16, tf32=bf16 / 2, fp32=67.0 * bf16 / 990.0)
+    COPY_TBPS = rates["copy_tbps"]
+    RATES.update(device=profile, device_reason=reason, device_source=rates["source"], matrix_tflops=MATRIX_TFLOPS,
+                 copy_tbps=COPY_TBPS)
+    return profile
+
+
+use_device(None)
 _CHUNK_BYTES, _N_PASS, _STAGES, _THREADS = 128, 64, 3, 256
 
 
@@ -108,13 +161,13 @@ def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
     split = cfg["SPLIT_K"] = split_k_default(steps, cfg["SPLIT_K"])  # as the engine launches it
     ctas = math.ceil(m / bm) * math.ceil(c_out / bn) * split
     cta_steps = math.ceil(steps / split)
-    mma_us = 2.0 * bm * bn * bk * cta_steps / (rate / H200_SMS) * 1e6
+    mma_us = 2.0 * bm * bn * bk * cta_steps / (rate / HOPPER_SMS) * 1e6
     # The K loop's loads: num_stages - 1 steps in flight, each an L2 round trip (as the CUDA block model); the
     # MMAs start one round trip in, when the first operands arrive.
     latency_us = cta_steps * ASSUMPTIONS["l2_latency_us"] / max(1, cfg["num_stages"] - 1)
     cta_us = max(mma_us + ASSUMPTIONS["l2_latency_us"], latency_us)
     partial_bytes = 2 * 4 * split * m * c_out if split > 1 else 0
-    kernel_us = max(math.ceil(ctas / H200_SMS) * cta_us, (bytes_ + partial_bytes) / (COPY_TBPS * 1e12) * 1e6)
+    kernel_us = max(math.ceil(ctas / HOPPER_SMS) * cta_us, (bytes_ + partial_bytes) / (COPY_TBPS * 1e12) * 1e6)
     launches = 2 if split > 1 else 1
     predicted_us = max(kernel_us, LAUNCH_FLOOR_US * launches)
     return dict(flops=flops, bytes=bytes_, roofline_us=roofline_us, kernel_us=kernel_us,
@@ -151,7 +204,7 @@ def block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsa
                      pool: bool = False) -> dict:
     """Roofline of one residual block and the whole-block CUDA kernel's predicted time (PREDICTIONS).
 
-    Tiling and shared memory as the launcher picks them on an H200
+    Tiling and shared memory as the launcher picks them on an H100 SXM or H200
     (:func:`shg_fast.ops.cuda_backend.block_tiling`, :func:`~shg_fast.ops.cuda_backend.block_launch_smem`):
     ``ctas`` = tiles x R in waves of 132 x CTAs-per-SM (registers and shared memory). Per CTA:
 
@@ -175,14 +228,14 @@ def block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsa
     mma = mode != "fp32"
     flops, bytes_ = _block_flops_bytes(cin, cout, size, batch, mode, upsample, pool)
     roofline_us = _roofline_us(flops, bytes_, mode)
-    S, R = block_tiling(elem, mma, cin, mid, cout, proj, batch, size, size, H200_SMS, H200_SMEM_OPTIN, True)
+    S, R = block_tiling(elem, mma, cin, mid, cout, proj, batch, size, size, HOPPER_SMS, HOPPER_SMEM_OPTIN, True)
     halo, pixels = (S + 2) ** 2, S * S
     ctas = batch * math.ceil(size / S) ** 2 * R
-    smem, held = block_launch_smem(elem, mma, cin, mid, cout, proj, batch, size, size, H200_SMS, H200_SMEM_OPTIN,
+    smem, held = block_launch_smem(elem, mma, cin, mid, cout, proj, batch, size, size, HOPPER_SMS, HOPPER_SMEM_OPTIN,
                                    True)
-    per_sm = min(H200_REGISTERS_PER_SM // (ASSUMPTIONS["registers"] * _THREADS), H200_SMEM_PER_SM // (smem + 1024))
-    sharing = max(1, min(per_sm, math.ceil(ctas / H200_SMS)))  # CTAs sharing one SM
-    waves = math.ceil(ctas / (H200_SMS * per_sm))
+    per_sm = min(HOPPER_REGISTERS_PER_SM // (ASSUMPTIONS["registers"] * _THREADS), HOPPER_SMEM_PER_SM // (smem + 1024))
+    sharing = max(1, min(per_sm, math.ceil(ctas / HOPPER_SMS)))  # CTAs sharing one SM
+    waves = math.ceil(ctas / (HOPPER_SMS * per_sm))
 
     def pad(x, to):
         return math.ceil(x / to) * to
@@ -191,9 +244,9 @@ def block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsa
     macs = (pad(halo, 16) * pad(n_mid, 32) * cin + pad(pixels, 16) * pad(n_mid, 32) * 9 * mid
             + pad(pixels, 16) * pad(n_out, 32) * (mid + (cin if proj else 0)))
     if mma:
-        sm_rate = MATRIX_TFLOPS[mode] * 1e12 * ASSUMPTIONS["mma_sync_fraction"] / H200_SMS
+        sm_rate = MATRIX_TFLOPS[mode] * 1e12 * ASSUMPTIONS["mma_sync_fraction"] / HOPPER_SMS
     else:
-        sm_rate = MATRIX_TFLOPS["fp32"] * 1e12 / 4 / H200_SMS
+        sm_rate = MATRIX_TFLOPS["fp32"] * 1e12 / 4 / HOPPER_SMS
     mma_us = 2.0 * macs / sm_rate * 1e6 * sharing
 
     def chunks(rows, k_elems):  # weight chunks of one GEMM: passes of <= 64 rows, chunks of up to 8 KB
