@@ -29,7 +29,7 @@ def _port_joints(port_forward, res: int = 256) -> np.ndarray:
     """Joints of PHOTO decoded from ``port_forward`` (NCHW RGB in [0, 1] -> list of heatmaps), as predict does."""
     image = read_image_rgb(PHOTO)
     h, w = image.shape[:2]
-    center, scale = np.array(((w - 1) / 2, (h - 1) / 2)), max(h, w) / SCALE_UNIT
+    center, scale = np.array((w / 2, h / 2)), max(h, w) / SCALE_UNIT
     x = torch.from_numpy(to_input(crop(image, center, scale, 0.0, res)))[None]
     with torch.no_grad():
         coords, maxvals, _ = predict_joints(port_forward, x, center, scale, convention="float")
@@ -44,7 +44,7 @@ def _near_tie_joints(port_forward64, res: int = 256, rel: float = 1e-5) -> np.nd
     """
     image = read_image_rgb(PHOTO)
     h, w = image.shape[:2]
-    center, scale = np.array(((w - 1) / 2, (h - 1) / 2)), max(h, w) / SCALE_UNIT
+    center, scale = np.array((w / 2, h / 2)), max(h, w) / SCALE_UNIT
     x = torch.from_numpy(to_input(crop(image, center, scale, 0.0, res)))[None].double()
     with torch.no_grad():
         top2 = port_forward64(x)[-1][0].flatten(1).topk(2, dim=1).values

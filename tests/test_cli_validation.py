@@ -89,6 +89,7 @@ BAD_OPTIONS = [
     ("predict", lambda a, t: a + ["--scale", "0"], "--scale"),
     ("predict", lambda a, t: a + ["--center", "nan", "nan"], "--center"),
     ("predict", lambda a, t: a + ["--device", "foo"], "--device"),
+    ("predict", lambda a, t: a + ["--crop", "nearest"], "--crop", "original"),
     ("predict", lambda a, t: [str(t)] + a[1:], "IMAGE", "is a folder"),
     ("predict", lambda a, t: [str(t / "none.jpg")] + a[1:], "IMAGE", "does not exist"),
     ("predict", lambda a, t: a + ["--checkpoint", _random_bytes(t)], "--checkpoint", "not a PyTorch checkpoint"),

@@ -16,19 +16,25 @@ MAX_PIXELS = 1e6
 
 def add_parser(sub) -> argparse.ArgumentParser:
     from ..models import MODEL_KINDS
+    from ..pose.transforms import CROP_METHODS
 
     p = sub.add_parser("predict", help="predict the joints of one person per image; PNG + JSON per image",
                        description="Crops each image around --center with --scale (default: the image "
-                                   "centre, and a scale that fits the whole image), runs the model, "
+                                   "centre (W/2, H/2), and a scale that fits the whole image), runs the model, "
                                    "decodes the joints to image coordinates, and writes IMAGE_pose.png "
                                    "(skeleton drawn) and IMAGE.json into --out.")
     p.add_argument("images", nargs="+", metavar="IMAGE", type=_args.input_file,
                    help="image files (anything OpenCV reads)")
     p.add_argument("--out", required=True, type=_args.output_dir, help="output folder (created if missing)")
     p.add_argument("--center", nargs=2, type=_args.float_in(-MAX_PIXELS, MAX_PIXELS), metavar=("X", "Y"),
-                   help=f"person centre, 0-based pixels (each within +-{MAX_PIXELS:g})")
+                   help="person centre in the crop transform's coordinates, where (W/2, H/2) is the centre of a "
+                        f"W x H image (the default; each within +-{MAX_PIXELS:g})")
     p.add_argument("--scale", type=_args.float_in(*SCALE_RANGE),
                    help=f"person scale: crop side / 200 px, in [{SCALE_RANGE[0]:g}, {SCALE_RANGE[1]:g}]")
+    p.add_argument("--crop", choices=CROP_METHODS, default="original",
+                   help="original: the original code's whole-pixel crop and Torch7 rescale (default; what "
+                        "models trained by the original code saw); warp: one affine warp (faster; how the "
+                        "synthetic data, and so the shipped model, are cropped)")
     p.add_argument("--checkpoint", type=_args.checkpoint_file,
                    help="checkpoint (.pt); default: the shipped synthetic-data model")
     p.add_argument("--model", choices=MODEL_KINDS, default="fast", help="implementation (default fast)")
@@ -84,15 +90,15 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for path, image in args.loaded:
         h, w = image.shape[:2]
-        center = np.array(args.center if args.center else ((w - 1) / 2, (h - 1) / 2))
+        center = np.array(args.center if args.center else (w / 2, h / 2))  # the transform's identity centre
         scale = args.scale if args.scale else max(h, w) / SCALE_UNIT
-        patch = crop(image, center, scale, 0.0, res)
+        patch = crop(image, center, scale, 0.0, res, method=args.crop)
         x = torch.from_numpy(to_input(patch))[None].to(device)
         coords, maxvals, heatmaps = predict_joints(model, x, center, scale, flip=args.flip, convention="float")
         joints = coords[0]
         result = {
             "image": str(path), "width": w, "height": h,
-            "center": center.tolist(), "scale": scale, "flip": args.flip,
+            "center": center.tolist(), "scale": scale, "crop": args.crop, "flip": args.flip,
             "checkpoint": str(ckpt_path), "model": args.model,
             "coordinates": "0-based image pixels (x right, y down)",
             "joints": {name: {"x": float(joints[k, 0]), "y": float(joints[k, 1]), "score": float(maxvals[0, k])}

@@ -3,7 +3,9 @@
 The .h5 has ``part`` (N, 16, 2) 1-based image coordinates (``x <= 0``: not annotated),
 ``center`` (N, 2), ``scale`` (N,) and ``normalize`` (N,); image names come from its ``imgname``
 dataset or from a text file with one name per row. As in the original code, the crop centre is
-moved down by ``15 * scale`` px and the scale enlarged by 1.25 before cropping.
+moved down by ``15 * scale`` px and the scale enlarged by 1.25 before cropping, the annotation's
+(1-based) centre goes into the transform as it is, and the crop is the original's
+(:func:`shg_fast.pose.transforms.crop` with ``method="original"``).
 
 Augmentation (the paper's): rotation uniform in +-30 degrees, scale factor uniform in 0.75-1.25,
 horizontal flip with left/right joints swapped (probability 0.5), and colour jitter (each RGB
@@ -155,7 +157,7 @@ class MPIIDataset(Dataset):
             rot, scale, color = aug["rot"], scale * aug["scale"], aug["color"]
             if aug["flip"]:
                 image, joints0, visible, center = flip_sample(image, joints0, visible, center)
-        x = to_input(crop(image, center, scale, rot, self.res))
+        x = to_input(crop(image, center, scale, rot, self.res, method="original"))
         if color is not None:
             x = np.clip(x * color[:, None, None], 0.0, 1.0)
         hm = transform_points(joints0, center, scale, rot, self.out_res)

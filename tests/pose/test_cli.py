@@ -63,6 +63,8 @@ def test_predict_with_the_shipped_checkpoint_reference(capsys, tmp_path):
     assert code == 0, err
     assert "(shipped)" in out and "synthetic" in out
     result = json.loads((tmp_path / f"{PHOTO.stem}.json").read_text())
+    # the default centre is the crop transform's identity centre (W/2, H/2), cropped as the original
+    assert result["center"] == [result["width"] / 2, result["height"] / 2] and result["crop"] == "original"
     assert len(result["joints"]) == 16
     for joint in result["joints"].values():
         assert np.isfinite([joint["x"], joint["y"], joint["score"]]).all()

@@ -107,6 +107,8 @@ ORIGINAL_CASES = [
     ((37, 53, 3), (20.3, 17.71), 0.11, 0.0, 48),  # fractional centre, 22 px box: enlarge
     ((37, 53, 3), (40.0, 30.0), 0.2, 0.0, 33),  # whole-number centre, box past the bottom right corner
     ((37, 53, 3), (3.4, -2.2), 0.13, 0.0, 16),  # box past the top left corner, shrink to an odd size
+    ((37, 53, 3), (17.5, 11.5), 0.085, 0.0, 48),  # box corners a rounding error under whole pixels: the 1e-4
+    ((37, 53, 3), (17.0, 11.0), 0.07, 0.0, 32),  # nudge keeps them there (whole-number centre)
     ((101, 67), (33.5, 50.5), 0.5, 0.0, 64),  # grey, 100 px box past the sides: shrink
     ((101, 67), (60.25, 90.8), 0.2701, 0.0, 64),  # grey, fractional scale and centre
     ((37, 53, 3), (26.6, 18.2), 0.15, 17.5, 32),  # rotations: the widened box rotated by Torch7, then trimmed
