@@ -1,11 +1,15 @@
 """The Python half of scripts/gpu_check.sh: one part of the GPU check per subcommand.
 
-    python scripts/gpu_check.py env OUT_DIR               versions, GPU, clocks, driver -> env.json
+    python scripts/gpu_check.py env OUT_DIR               versions, GPU, clocks, driver, roofline profile -> env.json
+    python scripts/gpu_check.py model OUT_DIR [--smoke]   the fast model: eager program, cuda_graph -> model.jsonl
+    python scripts/gpu_check.py peers OUT_DIR [--smoke]   the reference eager (channels_last, cudnn.benchmark),
+                                                          under a CUDA graph, torch.compile max-autotune -> peers.jsonl
+    python scripts/gpu_check.py kernels OUT_DIR           per-step device times vs PREDICTIONS -> kernels.jsonl
     python scripts/gpu_check.py ops OUT_DIR [--smoke]     fused ops and residual blocks vs ATen/cuDNN -> ops.jsonl
-    python scripts/gpu_check.py model OUT_DIR [--smoke]   whole model: reference, fast, cuda_graph -> model.jsonl
-    python scripts/gpu_check.py compile OUT_DIR [--smoke] whole model under torch.compile -> compile.jsonl
+    python scripts/gpu_check.py sanitizer-probe OUT_DIR   exit 1 (reason printed) where compute-sanitizer is refused
 
-scripts/gpu_check_report.py turns these files into summary.json and summary.md.
+scripts/gpu_check_report.py turns these files into summary.json and summary.md. Every GPU part runs
+bf16 first, then TF32, then fp32: the part a time box cuts is the least wanted.
 
 Timing parts write one JSON line per measured row as soon as it is measured, so a part that the
 shell script stops at its time box keeps what it measured. Timing is shg_fast.benchmarking's
@@ -25,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from shg_fast import benchmarking, variants
+from shg_fast import benchmarking
 from shg_fast.backends import BackendUnavailableError
 from shg_fast.benchmarking import BenchConfig, precision, time_calls, timing_summary
 from shg_fast.fusion import FoldedResidual
@@ -37,7 +41,7 @@ from shg_fast.testing import max_rel_error, randomize_batchnorm
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 #: What each timing part covers on a GPU and in a CPU smoke run.
-GPU_PLAN = dict(dtypes=("fp32", "tf32", "bf16"), batches=(1, 64), warmup=3, repeats=20,
+GPU_PLAN = dict(dtypes=("bf16", "tf32", "fp32"), batches=(1, 64), warmup=3, repeats=20,
                 backends=("cuda", "triton"), stacks=8, size=256)
 SMOKE_PLAN = dict(dtypes=("fp32",), batches=(1,), warmup=0, repeats=1, backends=("cpu",), stacks=1, size=64)
 
@@ -75,10 +79,20 @@ def cmd_env(out: pathlib.Path) -> int:
     env["extension"] = _extension.load_error() or "loaded"
     env["extension_cuda_kernels"] = _extension.has_kernel("residual_block", "CUDA")
     env["backends"] = {name: (why or "can run") for name, why in backend_status(DEVICE).items()}
+    env["roofline_profile"] = _use_device_rates()
     (out / "env.json").write_text(json.dumps(env, indent=2, default=str) + "\n", encoding="utf-8")
     for key, value in env.items():
         print(f"{key}: {value}")
     return 0
+
+
+def _use_device_rates() -> dict:
+    """Point shg_fast.predictions at this GPU's rates (H200 without one); the profile and why."""
+    from shg_fast import predictions
+
+    predictions.use_device(torch.cuda.get_device_name() if ON_GPU else None)
+    return {k: predictions.RATES[k] for k in ("device", "device_reason", "device_source", "matrix_tflops",
+                                               "copy_tbps")}
 
 
 # ---------------------------------------------------------------- ops
@@ -107,7 +121,7 @@ def _rand(*shape, dtype=torch.float32):
 
 
 def block_predictions(cin: int, cout: int, h: int, w: int, dtype_name: str, batch: int, pool: bool = False) -> dict:
-    """PREDICTED ms per batch of one residual block on an H200 per backend (shg_fast.predictions), and the
+    """PREDICTED ms per batch of one residual block per backend (shg_fast.predictions, this GPU's profile), and the
     CUDA kernel's tiling (with whether its CTAs hold their whole weight share: ``resident``, else ``streamed``),
     to stand next to the measurement (square maps: max(h, w); ``pool``: the input read 2x2 max-pooled)."""
     from shg_fast.predictions import block_prediction, triton_block_prediction
@@ -205,6 +219,7 @@ def _first(result):
 
 def cmd_ops(out: pathlib.Path, smoke: bool) -> int:
     plan = SMOKE_PLAN if smoke else GPU_PLAN
+    _use_device_rates()
     path = out / "ops.jsonl"
     path.unlink(missing_ok=True)
     torch.manual_seed(0)
@@ -220,7 +235,7 @@ def cmd_ops(out: pathlib.Path, smoke: bool) -> int:
                         predicted = predict(dtype_name, batch) if predict is not None else {}
                         timings = {}
                         for backend, fn in [("aten", aten)] + [(b, lambda b=b: fused(b)) for b in plan["backends"]]:
-                            row = dict(base, backend=backend, **{f"h200_{k}": v for k, v in
+                            row = dict(base, backend=backend, **{f"pred_{k}": v for k, v in
                                                                  predicted.get(backend, {}).items()})
                             try:
                                 got = _first(fn())
@@ -247,9 +262,8 @@ def _bench_cells(out_file: pathlib.Path, plan: dict, variant_names: tuple[str, .
     out_file.unlink(missing_ok=True)
     for dtype_name in plan["dtypes"]:
         for batch in plan["batches"]:
-            names = tuple(v for v in variant_names if not (v == "cuda_graph" and batch != 1))
             config = BenchConfig(device=DEVICE, stacks=plan["stacks"], size=plan["size"], batches=(batch,),
-                                 dtypes=(dtype_name,), variants=names, warmup=plan["warmup"],
+                                 dtypes=(dtype_name,), variants=variant_names, warmup=plan["warmup"],
                                  repeats=max(plan["repeats"] // 2, 1), check_images=1)
             report = benchmarking.run_benchmark(config, progress=False)
             for row in report["results"]:
@@ -261,29 +275,183 @@ def _bench_cells(out_file: pathlib.Path, plan: dict, variant_names: tuple[str, .
 
 
 def cmd_model(out: pathlib.Path, smoke: bool) -> int:
-    names = ("reference", "fast", "cuda_graph") if ON_GPU else ("reference", "fast")
-    return _bench_cells(out / "model.jsonl", SMOKE_PLAN if smoke else GPU_PLAN, names)
+    """The fast model as a user runs it: the eager program and the CUDA graph, at each batch."""
+    return _bench_cells(out / "model.jsonl", SMOKE_PLAN if smoke else GPU_PLAN, ("fast", "cuda_graph"))
 
 
-def cmd_compile(out: pathlib.Path, smoke: bool) -> int:
-    # The default inductor mode: max-autotune (shg-fast bench's GPU choice) takes far longer than
-    # this part's time box allows for an 8-stack model at two batch sizes and three dtypes.
-    variants.compile_mode = lambda device: None
-    plan = dict(SMOKE_PLAN if smoke else GPU_PLAN)
-    return _bench_cells(out / "compile.jsonl", plan, ("compile",))
+# ---------------------------------------------------------------- peers
+
+#: What a user would pick instead of shg_fast, in the order they are timed.
+PEERS = ("reference_channels_last", "reference_cuda_graph", "compile_max_autotune")
+
+
+def _peer(name: str, model: torch.nn.Module, x: torch.Tensor):
+    """The callable of one peer, or raise RuntimeError saying why it cannot run here."""
+    from shg_fast import cuda_graph
+
+    if name == "reference_channels_last":
+        return model
+    if not ON_GPU:
+        raise RuntimeError("needs a CUDA GPU" + (" (max-autotune is the GPU peer; on a small CPU the compile "
+                                                  "takes minutes)" if name.startswith("compile") else ""))
+    if name == "reference_cuda_graph":
+        return cuda_graph(model, x)
+    torch._dynamo.reset()
+    return torch.compile(model, mode="max-autotune", dynamic=False)
+
+
+def cmd_peers(out: pathlib.Path, smoke: bool) -> int:
+    """The reference as a careful user would run it, next to the fast model's rows (model.jsonl).
+
+    Eager with channels_last weights and input and ``cudnn.benchmark``; that under a CUDA graph;
+    ``torch.compile(mode="max-autotune")``. The compiles come last (minutes for the 8-stack model):
+    each writes a ``started`` row first, so one cut by the part's time box shows as ``timeout``.
+    """
+    from shg_fast.benchmarking import example_input
+
+    plan = SMOKE_PLAN if smoke else GPU_PLAN
+    path = out / "peers.jsonl"
+    path.unlink(missing_ok=True)
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    flops = benchmarking.conv_macs(plan["stacks"], plan["size"]) * 2
+    cells = [(peer, d, b) for peer in PEERS[:2] for d in plan["dtypes"] for b in plan["batches"]]
+    cells += [(PEERS[2], d, b) for d in plan["dtypes"] for b in plan["batches"]]
+    for peer, dtype_name, batch in cells:
+        row = dict(variant=peer, dtype=dtype_name, batch=batch, stacks=plan["stacks"], size=plan["size"],
+                   device=DEVICE, smoke=smoke)
+        with precision(dtype_name) as dtype, torch.inference_mode():
+            model = randomize_batchnorm(StackedHourglass(num_stacks=plan["stacks"]).eval(), seed=0)
+            model = model.to(device=DEVICE, dtype=dtype, memory_format=torch.channels_last)
+            x = example_input(batch, plan["size"], DEVICE, dtype).contiguous(memory_format=torch.channels_last)
+            try:
+                fn = _peer(peer, model, x)
+            except RuntimeError as exc:
+                _write_row(path, dict(row, status="skipped", reason=str(exc)[:300]))
+                continue
+            if peer.startswith("compile"):
+                _write_row(path, dict(row, status="started"))
+            try:
+                seconds = time_calls(fn, x, plan["warmup"] + 1, max(plan["repeats"] // 2, 1))
+            except Exception as exc:  # a failing peer is a result, not the end of the part
+                _write_row(path, dict(row, status="error", reason=f"{type(exc).__name__}: {exc}"[:500]))
+                continue
+            _write_row(path, dict(row, status="ok", **timing_summary(seconds, batch, flops)))
+    return 0
+
+
+# ---------------------------------------------------------------- kernels
+
+def _step_prediction(step, batch: int, mode: str) -> dict:
+    """The PREDICTION for one program step from its shape key (shg_fast.predictions), or {} for other ops."""
+    from shg_fast.predictions import block_prediction, conv_prediction, triton_block_prediction
+
+    dims = dict(part.split("=") if "=" in part else (part, True) for part in step.shape.split())
+    num = {k: int(v) for k, v in dims.items() if v is not True}
+    if step.op == "residual_block":
+        args = (num["cin"], num["cout"], max(num["h"], num["w"]), batch, mode, "up" in dims, "pool" in dims)
+        predicted = block_prediction(*args) if step.tactic.backend == "cuda" else triton_block_prediction(*args)
+        return dict(predicted_us=predicted["predicted_us"], kernel_us=predicted["kernel_us"])
+    if step.op == "conv":
+        k, stride = num["k"], num["s"]
+        size = (num["h"] + 2 * (k // 2) - k) // stride + 1
+        conv = dict(k=k, stride=stride, c1=num["cin"], c2=0, c_out=num["cout"], size=size, upsample=False,
+                    residual=step.name.endswith("merge"), pool_x="pool" in dims)
+        predicted = conv_prediction(conv, batch, mode)
+        return dict(predicted_us=predicted["predicted_us"], roofline_us=predicted["roofline_us"])
+    return {}
+
+
+def cmd_kernels(out: pathlib.Path) -> int:
+    """Per step of the engine's program: the device time of its own kernels against its PREDICTION.
+
+    The kernels are read from the profiler (CUDA activity; device durations, so host overhead and
+    launch gaps are not in them) over a few calls of the program, on the weights it prepacked at
+    build; the i-th ``launches`` kernels of a call belong to the i-th step (the recorded-GPU launch
+    counts). Where a call's kernels do not add up to the program's launch count, the rows are per
+    kernel name instead (``mapped: false``).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from shg_fast import StackedHourglass as Fast
+    from shg_fast.benchmarking import example_input
+
+    profile_name = _use_device_rates()["device"]
+    path = out / "kernels.jsonl"
+    path.unlink(missing_ok=True)
+    calls = 3
+    for dtype_name in ("bf16", "tf32"):
+        for batch in GPU_PLAN["batches"]:
+            with precision(dtype_name) as dtype, torch.inference_mode():
+                model = Fast(num_stacks=GPU_PLAN["stacks"]).eval().to(device=DEVICE, dtype=dtype)
+                x = example_input(batch, GPU_PLAN["size"], DEVICE, dtype)
+                program = model.fused_plan().program(x)
+                for _ in range(3):
+                    program(x)
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    for _ in range(calls):
+                        program(x)
+                    torch.cuda.synchronize()
+            kernels = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA),
+                             key=lambda e: e.time_range.start)
+            base = dict(dtype=dtype_name, batch=batch, profile=profile_name, launches=program.launch_count)
+            n = program.launch_count
+            if len(kernels) != calls * n:
+                by_name: dict[str, list[float]] = {}
+                for e in kernels:
+                    by_name.setdefault(e.name, []).append(e.time_range.elapsed_us())
+                for name, times in by_name.items():
+                    _write_row(path, dict(base, mapped=False, kernel=name[:120], count=len(times),
+                                          device_us_total=sum(times) / calls, status="ok"))
+                continue
+            i = 0
+            for step in program.steps:
+                per_call = [sum(k.time_range.elapsed_us() for k in kernels[c * n + i:c * n + i + step.launches])
+                            for c in range(calls)]
+                i += step.launches
+                row = dict(base, mapped=True, step=step.name, op=step.op, shape=step.shape,
+                           tactic=step.tactic.describe(), device_us=sorted(per_call)[calls // 2],
+                           **_step_prediction(step, batch, dtype_name), status="ok")
+                if row.get("predicted_us"):
+                    row["measured_over_predicted"] = row["device_us"] / row["predicted_us"]
+                _write_row(path, row)
+    return 0
+
+
+# ---------------------------------------------------------------- sanitizer
+
+def cmd_sanitizer_probe() -> int:
+    """Whether compute-sanitizer works on this device: a one-allocation program under memcheck, 20 s at most.
+
+    gVisor machines refuse it ('Device not supported', then error 999 at the first allocation).
+    """
+    tool = shutil.which("compute-sanitizer") or "/usr/local/cuda/bin/compute-sanitizer"
+    code = "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"
+    try:
+        result = subprocess.run([tool, "--tool", "memcheck", "--error-exitcode", "99", sys.executable, "-c", code],
+                                capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"{type(exc).__name__}: {exc}"[:300])
+        return 1
+    if result.returncode != 0 or "not supported" in result.stdout + result.stderr:
+        print(f"exit status {result.returncode}: {(result.stdout + result.stderr).strip()[-300:]}")
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=("env", "ops", "model", "compile"))
+    parser.add_argument("part", choices=("env", "model", "peers", "kernels", "ops", "sanitizer-probe"))
     parser.add_argument("out", type=pathlib.Path)
     parser.add_argument("--smoke", action="store_true", help="tiny cases (implied without a GPU)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     smoke = args.smoke or not ON_GPU
     commands: dict[str, Callable[[], int]] = {
-        "env": lambda: cmd_env(args.out), "ops": lambda: cmd_ops(args.out, smoke),
-        "model": lambda: cmd_model(args.out, smoke), "compile": lambda: cmd_compile(args.out, smoke),
+        "env": lambda: cmd_env(args.out), "model": lambda: cmd_model(args.out, smoke),
+        "peers": lambda: cmd_peers(args.out, smoke), "kernels": lambda: cmd_kernels(args.out),
+        "ops": lambda: cmd_ops(args.out, smoke), "sanitizer-probe": cmd_sanitizer_probe,
     }
     return commands[args.part]()
 
