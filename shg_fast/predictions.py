@@ -29,7 +29,7 @@ ELEMENT_SIZE = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 #: Rates per device (TFLOP/s, TB/s, GHz). Both are Hopper SXM parts with 132 SMs, the same matrix units
 #: and the same 1.98 GHz boost clock (so the same per-SM figures below); they differ in memory. bf16 is
 #: the dense matrix rate measured on random data and copy_tbps the device-to-device copy (bytes read
-#: plus written) measured on one such machine of the lending workplace (its device notes, KINDS.md),
+#: plus written) measured on one such machine of the lending workplace (its notes on the lent machines),
 #: not the datasheet's 989 TFLOP/s and 4.8 (H200, HBM3e) / 3.35 (H100 SXM, HBM3) TB/s, which a
 #: running kernel does not reach. TF32 is half the bf16 rate and plain fp32 FMA 67/990 of it, the
 #: datasheet's ratios.
