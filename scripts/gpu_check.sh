@@ -177,10 +177,11 @@ sanitize_step() {
 export -f build_step sanitize_step
 
 gpu_tests() {
-  # The CUDA-kernel and whole-model tests first (pytest keeps the first of a path given twice).
+  # The CUDA-kernel and whole-model tests first (pytest keeps the first of a path given twice); exec, so
+  # that the time box's SIGINT reaches pytest itself.
   local xdist=()
   "$python" -c 'import xdist' 2>/dev/null && xdist=(-n "$(( cores < 8 ? cores : 8 ))" --dist load)
-  "$python" -m pytest -m gpu -v -rfE -p no:cacheprovider --junitxml="$out/logs/tests.xml" "${xdist[@]}" \
+  exec "$python" -m pytest -m gpu -v -rfE -p no:cacheprovider --junitxml="$out/logs/tests.xml" "${xdist[@]}" \
     tests/ops/test_cuda_ops.py tests/test_model.py tests/test_engine.py tests
 }
 export -f gpu_tests
