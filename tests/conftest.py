@@ -12,6 +12,11 @@ import pytest  # noqa: E402
 
 HAS_GPU = torch.cuda.is_available()
 
+# torch starts with at most as many threads as the machine has cores; a run asked for more
+# (OMP_NUM_THREADS=3 on 2 cores, to try another summation order) gets what it asked for.
+if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -1,6 +1,7 @@
 """Memory-efficient training (``StackedHourglass(memory_efficient=True)``) against the reference model."""
 
 import copy
+import statistics
 
 import cv2
 import numpy as np
@@ -13,16 +14,16 @@ from shg_fast.ops import bn_train
 from shg_fast.cli import main
 from shg_fast import train as train_module
 from shg_fast.testing import (LOW_PRECISION_FACTOR, MEMORY_EFFICIENT_SAVED_RATIO, TOLERANCES,
-                              assert_close_to_reference, randomize_batchnorm, tolerance)
+                              WELL_CONDITIONED_BN_BIAS, assert_close_to_reference, randomize_batchnorm, tolerance)
 from shg_fast.train import default_args, train
 from tests.data_.test_mpii import PHOTOS, write_annotations
 
 SMALL = (2, 32, 5, 1)  # num_stacks, num_features, num_joints (odd), num_modules
 
 
-def make_pair(config=SMALL, dtype=torch.float32, stem="torch7"):
-    torch.manual_seed(0)  # the same weights whatever ran before: the 1x1 inner maps make BN ill-conditioned
-    ref = randomize_batchnorm(reference.StackedHourglass(*config, stem=stem), seed=0).to(dtype)
+def make_pair(config=SMALL, dtype=torch.float32, stem="torch7", seed=0, bn_bias=(-0.5, 0.5)):
+    torch.manual_seed(seed)  # the same weights whatever ran before: the 1x1 inner maps make BN ill-conditioned
+    ref = randomize_batchnorm(reference.StackedHourglass(*config, stem=stem), seed=seed, bias=bn_bias).to(dtype)
     fast = StackedHourglass(*config, stem=stem, memory_efficient=True).to(dtype)
     fast.load_state_dict(ref.state_dict())
     return ref.train(), fast.train()
@@ -37,8 +38,8 @@ def train_step(model, x, target, amp=None):
     return outs
 
 
-def inputs(dtype=torch.float32, batch=2, res=64, joints=5, channels_last=False):
-    gen = torch.Generator().manual_seed(3)
+def inputs(dtype=torch.float32, batch=2, res=64, joints=5, channels_last=False, seed=3):
+    gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch, 3, res, res, generator=gen).to(dtype)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -75,25 +76,46 @@ def test_float64_step_equals_the_reference(stem, channels_last):
     assert int(fast.hg[0].up1[0].bn1.num_batches_tracked) == 1
 
 
+def normwise_grad_error(model, truth) -> float:
+    """``||grad - truth grad|| / ||truth grad||`` over all parameters at once (float64)."""
+    grads = dict(model.named_parameters())
+    diff = sum(((grads[n].grad.double() - p.grad.double()) ** 2).sum() for n, p in truth.named_parameters())
+    return (diff / sum((p.grad.double() ** 2).sum() for p in truth.parameters())).sqrt().item()
+
+
+# float32 training problems: 1 stack (half the depth over which rounding grows), BN over 8 values per
+# channel at the innermost 2x2 maps, BN shifts that keep ReLU inputs off their kink (see the testing module).
+FLOAT32_PROBLEM = dict(config=(1, 16, 5, 1), batch=2, res=128, seeds=range(9))
+
+
 def test_float32_step_is_as_close_to_float64_as_the_reference():
-    """float32: gradients within the float32 tolerance of float64, or within the factor of the
-    reference's own float32 error (BN over the few values of the innermost maps amplifies rounding)."""
-    ref, fast = make_pair()
-    ref64 = copy.deepcopy(ref).double()
-    x, target = inputs(batch=3, res=128)
-    train_step(ref64, x.double(), target.double())
-    train_step(ref, x, target)
-    train_step(fast, x, target)
-    ref_errors, fast_errors = grad_errors(ref, ref64), grad_errors(fast, ref64)
-    # Over the whole network: the largest and the mean error (one layer alone is at the mercy of rounding).
-    for summary in (max, lambda e: sum(e) / len(e)):
-        assert summary(fast_errors.values()) <= tolerance("float32_train", summary(ref_errors.values()))
-    buffers, truth = dict(fast.named_buffers()), dict(ref64.named_buffers())
-    for name, b in ref.named_buffers():
-        if b.is_floating_point():
-            assert_close_to_reference(buffers[name], truth[name], "float32")
-        else:
-            assert torch.equal(buffers[name], b)
+    """float32 gradients and running statistics against float64, as close as the reference's own float32 run.
+
+    Over nine well-conditioned problems, judged by the median: float32 rounding still flips a ReLU or
+    max-pool decision in about one problem in ten (in either model: that problem's error jumps 10-1000x),
+    while a defect raises the error in every problem. Measured on the 2-vCPU AMD EPYC (threads 1-3,
+    oneDNN AVX2 and SSE41): median error 5e-7..8e-7 for both models; planted into the memory-efficient
+    path, a recomputation from bfloat16-rounded x gives 5e-4 and invstd off by 1e-4 gives 1e-4.
+    """
+    config, batch, res = FLOAT32_PROBLEM["config"], FLOAT32_PROBLEM["batch"], FLOAT32_PROBLEM["res"]
+    ref_errors, fast_errors = [], []
+    for seed in FLOAT32_PROBLEM["seeds"]:
+        ref, fast = make_pair(config, seed=seed, bn_bias=WELL_CONDITIONED_BN_BIAS)
+        ref64 = copy.deepcopy(ref).double()
+        x, target = inputs(batch=batch, res=res, joints=config[2], seed=1000 + seed)
+        train_step(ref64, x.double(), target.double())
+        train_step(ref, x, target)
+        train_step(fast, x, target)
+        ref_errors.append(normwise_grad_error(ref, ref64))
+        fast_errors.append(normwise_grad_error(fast, ref64))
+        buffers, truth = dict(fast.named_buffers()), dict(ref64.named_buffers())
+        for name, b in ref.named_buffers():
+            if b.is_floating_point():
+                assert_close_to_reference(buffers[name], truth[name], "float32")
+            else:
+                assert torch.equal(buffers[name], b)
+    fast_median, ref_median = statistics.median(fast_errors), statistics.median(ref_errors)
+    assert fast_median <= tolerance("float32_train", ref_median), (fast_errors, ref_errors)
 
 
 def test_running_statistics_bitwise_on_cpu_with_momentum_none():
@@ -237,30 +259,32 @@ def test_training_run_on_mpii_photos_tracks_the_reference_loss_curve(tmp_path, m
     """``train(..., memory_efficient=True)``: four RMSprop steps on MPII sample photos (annotations drawn
     at random, as tests/pose/test_train.py does) against the reference's losses, step by step.
 
-    The first two losses (before and after one update) agree within the train_loss tolerance. Later
-    ones drift apart as any rounding does: RMSprop's first updates are about lr * 10 * sign(grad),
-    and a small test model's BN over the two values of its 1x1 innermost maps amplifies rounding. So
-    the whole curve may be at most LOW_PRECISION_FACTOR times as far from the reference as the
-    reference started from weights 1 ulp off (measured: 4e-2 vs 5e-2 at step 4).
+    Both models start from the same weights with BNs shifted off the ReLU's kink
+    (WELL_CONDITIONED_BN_BIAS): with BN's default zero shift, float32 rounding flips ReLUs of the
+    1x1 innermost maps (BN over two values) and RMSprop's first updates (about lr * 10 * sign(grad))
+    turn that into losses apart by up to 0.7% on some CPUs. The first two losses (before and after one
+    update) agree within the train_loss tolerance; the whole curve may be at most LOW_PRECISION_FACTOR
+    times as far from the reference as the reference started from weights 1 ulp off.
     """
     names = sorted(p.name for p in PHOTOS.glob("*.jpg"))[:4]
     sizes = [cv2.imread(str(PHOTOS / n)).shape[:2] for n in names]
     write_annotations(tmp_path / "ann.h5", names, sizes, np.random.default_rng(1))
     common = dict(stacks=2, features=16, res=64, batch_size=2, quiet=True, data="mpii", annot=str(tmp_path / "ann.h5"),
                   images=str(PHOTOS), epochs=2, val_every=0)
+    build = train_module.build_model
+
+    def well_conditioned(kind, ulps=0, **cfg):
+        model = randomize_batchnorm(build(kind, **cfg), seed=0, bias=WELL_CONDITIONED_BN_BIAS)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + ulps * 2**-23)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", well_conditioned)
     ref = torch.tensor(train(default_args(**common, model="reference", out=str(tmp_path / "ref")))["loss"])
     fast = torch.tensor(train(default_args(**common, model="fast", memory_efficient=True,
                                            out=str(tmp_path / "fast")))["loss"])
-    build = train_module.build_model
-
-    def one_ulp_off(kind, **cfg):
-        model = build(kind, **cfg)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(1 + 2**-23)
-        return model
-
-    monkeypatch.setattr(train_module, "build_model", one_ulp_off)
+    monkeypatch.setattr(train_module, "build_model", lambda kind, **cfg: well_conditioned(kind, ulps=1, **cfg))
     nudged = torch.tensor(train(default_args(**common, model="reference", out=str(tmp_path / "nudged")))["loss"])
     assert len(ref) == len(fast) == len(nudged) == 4
     torch.testing.assert_close(fast[:2], ref[:2], rtol=TOLERANCES["train_loss"], atol=0)
