@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             "image": str(path), "width": w, "height": h,
             "center": center.tolist(), "scale": scale, "crop": args.crop, "flip": args.flip,
             "checkpoint": str(ckpt_path), "model": args.model,
-            "coordinates": "0-based image pixels (x right, y down)",
+            "coordinates": "image pixels, x right, y down; pixel (i, j) covers [i, i+1) x [j, j+1)",
             "joints": {name: {"x": float(joints[k, 0]), "y": float(joints[k, 1]), "score": float(maxvals[0, k])}
                        for k, name in enumerate(MPII_JOINTS)},
         }

@@ -29,7 +29,7 @@ from ..pose.targets import render_heatmaps
 from ..pose.transforms import crop, to_input, transform_points
 
 __all__ = ["MPIIDataset", "TruncatedImageWarning", "jpeg_is_truncated", "read_image_rgb", "augment_params",
-           "flip_sample"]
+           "flip_crop"]
 
 REQUIRED_KEYS = ("part", "center", "scale", "normalize")
 ROTATION, SCALE_RANGE, COLOR_RANGE = 30.0, (0.75, 1.25), (0.8, 1.2)
@@ -79,12 +79,14 @@ def augment_params(rng: np.random.Generator) -> dict:
     }
 
 
-def flip_sample(image: np.ndarray, joints0: np.ndarray, visible: np.ndarray, center: np.ndarray):
-    """Mirror an image horizontally with its 0-based joints and centre, swapping left and right."""
-    w = image.shape[1]
-    joints = joints0[list(MPII_FLIP_PERM)].copy()
-    joints[:, 0] = w - 1 - joints[:, 0]
-    return cv2.flip(image, 1), joints, visible[list(MPII_FLIP_PERM)], np.array([w - 1 - center[0], center[1]])
+def flip_crop(x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror a cropped input ``(3, H, W)`` and its targets ``(16, h, w)``, swapping left and right joints.
+
+    The original flips after cropping (``flip`` and ``shuffleLR`` in its ``generateSample``): the
+    whole-pixel crop box of a mirrored image is not the mirror of the box, so flipping the image
+    first would crop a slightly different patch.
+    """
+    return np.ascontiguousarray(x[:, :, ::-1]), np.ascontiguousarray(target[list(MPII_FLIP_PERM), :, ::-1])
 
 
 class MPIIDataset(Dataset):
@@ -151,17 +153,17 @@ class MPIIDataset(Dataset):
         center, scale = self.crop_params(index)
         joints0 = self.part[index] - 1
         visible = self.part[index, :, 0] > 0
-        rot, color = 0.0, None
+        rot, aug = 0.0, None
         if self.augment:
             aug = augment_params(np.random.default_rng([self.seed, self.epoch, index]))
-            rot, scale, color = aug["rot"], scale * aug["scale"], aug["color"]
-            if aug["flip"]:
-                image, joints0, visible, center = flip_sample(image, joints0, visible, center)
+            rot, scale = aug["rot"], scale * aug["scale"]
         x = to_input(crop(image, center, scale, rot, self.res, method="original"))
-        if color is not None:
-            x = np.clip(x * color[:, None, None], 0.0, 1.0)
         hm = transform_points(joints0, center, scale, rot, self.out_res)
         target = render_heatmaps(hm, visible, (self.out_res, self.out_res), self.sigma)
+        if aug is not None:
+            if aug["flip"]:
+                x, target = flip_crop(x, target)
+            x = np.clip(x * aug["color"][:, None, None], 0.0, 1.0)
         return {
             "input": torch.from_numpy(np.ascontiguousarray(x)),
             "target": torch.from_numpy(target),

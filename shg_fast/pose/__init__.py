@@ -1,6 +1,6 @@
 """The pose pipeline around the network: crop transforms, targets, decoding, PCKh, drawing.
 
-Submodules: :mod:`.transforms` (the original's crop as one affine + inverse), :mod:`.targets`
+Submodules: :mod:`.transforms` (the original's crop transform, its inverse and its whole-pixel crop), :mod:`.targets`
 (Gaussian heatmaps), :mod:`.decode` (heatmaps → image coordinates, flip test), :mod:`.pckh`
 (PCKh and the PCK curve), :mod:`.joints` (MPII joint names, pairs, skeleton), :mod:`.drawing`.
 """

@@ -4,7 +4,11 @@
 ``c`` (from :func:`shg_fast.ops.decode_heatmaps`): ``q = c + 0.5`` (the centre of the heatmap
 pixel), the inverse crop transform, then either truncation and ``+ 1`` (1-based integer MPII
 coordinates, ``convention="mpii"``; the truncation carries the original's ``+1e-4`` nudge) or
-plain float 0-based image coordinates (``convention="float"``).
+the float coordinates before that truncation (``convention="float"``). Those are the crop
+transform's own continuous coordinates: pixel ``(i, j)`` covers ``[i, i+1) x [j, j+1)``, so its
+centre is ``(i + 0.5, j + 0.5)`` and a W x H image's centre is ``(W/2, H/2)`` (the default centre
+of ``shg-fast predict``); truncating them gives the 0-based pixel, as the original's ``+ 1`` does
+the 1-based one.
 
 :func:`predict_joints` runs a model on cropped inputs and does all of it, with the optional
 flip test (mirrored input, heatmaps mirrored back and left/right joints swapped, averaged).
@@ -43,7 +47,7 @@ def heatmaps_to_image(coords, center, scale, res: int, rot=0.0, convention: str 
         center, scale, rot: the crop of each sample (``(N, 2)``, ``(N,)``, ``(N,)`` or one for all).
         res: the heatmap side (the crop transform is evaluated at the heatmap resolution).
         convention: ``"mpii"`` → int64 1-based coordinates as the original; ``"float"`` →
-            float64 0-based image coordinates.
+            float64 continuous coordinates (pixel ``(i, j)`` covers ``[i, i+1) x [j, j+1)``).
     """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")

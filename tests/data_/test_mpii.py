@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from shg_fast.data.mpii import MPIIDataset, flip_sample, read_image_rgb
+from shg_fast.data import mpii
+from shg_fast.data.mpii import MPIIDataset, read_image_rgb
 from shg_fast.ops import decode_heatmaps
 from shg_fast.pose.decode import heatmaps_to_image
 from shg_fast.pose.joints import MPII_FLIP_PERM
@@ -77,15 +78,21 @@ def test_augmentation_varies_and_stays_valid(photos):
         assert 0 <= item["input"].min() and item["input"].max() <= 1
 
 
-def test_flip_swaps_left_and_right():
-    img = np.random.default_rng(0).integers(0, 256, size=(30, 41, 3), dtype=np.uint8)
-    joints = np.random.default_rng(1).uniform(0, 30, size=(16, 2))
-    visible = np.arange(16) % 3 > 0
-    fimg, fj, fv, fc = flip_sample(img, joints, visible, np.array([10.0, 12.0]))
-    np.testing.assert_array_equal(fimg, img[:, ::-1])
-    np.testing.assert_allclose(fj[0], (40 - joints[5, 0], joints[5, 1]))
-    np.testing.assert_array_equal(fv, visible[list(MPII_FLIP_PERM)])
-    np.testing.assert_allclose(fc, (30.0, 12.0))
+@pytest.mark.parametrize("flip", [False, True])
+def test_flip_mirrors_the_crop_and_swaps_left_and_right(photos, monkeypatch, flip):
+    """As the original: crop first, then mirror the input and the targets (left and right swapped)."""
+    path, _, _ = photos
+    plain = MPIIDataset(path, PHOTOS, res=64)[1]
+    identity = {"rot": 0.0, "scale": 1.0, "flip": flip, "color": np.ones(3, np.float32)}
+    monkeypatch.setattr(mpii, "augment_params", lambda rng: identity)
+    item = MPIIDataset(path, PHOTOS, res=64, augment=True)[1]
+    if flip:
+        torch.testing.assert_close(item["input"], plain["input"].flip(-1), rtol=0, atol=0)
+        torch.testing.assert_close(item["target"], plain["target"][list(MPII_FLIP_PERM)].flip(-1), rtol=0, atol=0)
+        assert item["target"][0].max() == 1.0 and not torch.equal(item["target"], plain["target"])
+    else:
+        torch.testing.assert_close(item["input"], plain["input"], rtol=0, atol=0)
+        torch.testing.assert_close(item["target"], plain["target"], rtol=0, atol=0)
 
 
 def test_generated_images_with_image_list(tmp_path):
