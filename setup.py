@@ -1,4 +1,4 @@
-"""Build shg_fast: the Python package, the Triton kernels (as shg_fast.kernels) and the
+"""Build shg_fast: the Python package (its Triton kernels in shg_fast.kernels) and the
 torch extension shg_fast._C (C++ CPU kernels always; CUDA kernels when a CUDA toolkit and a
 CUDA build of torch are present).
 
@@ -123,8 +123,7 @@ setup(
         "Programming Language :: Python :: 3.12",
         "Operating System :: POSIX :: Linux",
     ],
-    packages=find_packages(include=["shg_fast", "shg_fast.*"]) + ["shg_fast.kernels"],
-    package_dir={"shg_fast.kernels": "kernels"},
+    packages=find_packages(include=["shg_fast", "shg_fast.*"]),
     package_data={"shg_fast": ["assets/*"]},
     ext_modules=[extension],
     cmdclass={"build_ext": BuildExtension},

@@ -18,7 +18,7 @@ import time
 import torch
 
 from shg_fast import StackedHourglass
-from shg_fast.testing import randomize_batchnorm
+from shg_fast.tolerances import randomize_batchnorm
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

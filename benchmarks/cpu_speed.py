@@ -20,7 +20,7 @@ import time
 import torch
 
 from shg_fast import StackedHourglass, reference
-from shg_fast.testing import randomize_batchnorm
+from shg_fast.tolerances import randomize_batchnorm
 
 
 def main(argv: list[str] | None = None) -> None:

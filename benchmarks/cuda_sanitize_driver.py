@@ -11,7 +11,7 @@ import sys
 import torch
 
 from shg_fast import _extension
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import (
     decode_heatmaps,
     decode_heatmaps_reference,
@@ -21,7 +21,7 @@ from shg_fast.ops import (
     upsample_add_reference,
 )
 from shg_fast.reference import Residual
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 
 def run_upsample_add() -> None:

@@ -10,9 +10,9 @@ import torch
 
 from shg_fast import _extension
 from shg_fast.backends import BackendUnavailableError
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import residual_block
-from shg_fast.ops.cuda_backend import prepack_for_cuda
+from shg_fast.ops.extension_backend import prepack_for_cuda
 from shg_fast.reference import Residual
 
 pytestmark = pytest.mark.skipif(

@@ -30,7 +30,7 @@ import torch
 from conftest import DEVICE, model_setting, not_run_here, record_model_result
 from shg_fast import benchmarking
 from shg_fast.reference import StackedHourglass
-from shg_fast.testing import max_rel_error, randomize_batchnorm
+from shg_fast.tolerances import max_rel_error, randomize_batchnorm
 from shg_fast.variants import build_variant, variant_reasons
 
 

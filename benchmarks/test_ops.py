@@ -14,13 +14,13 @@ from conftest import DEVICE, ON_GPU
 from shg_fast import BackendUnavailableError
 from shg_fast.backends import BACKENDS, backend_status, triton_interpreter
 from shg_fast.benchmarking import DTYPES
-from shg_fast.testing import randomize_batchnorm
-from shg_fast.fusion import FoldedResidual
+from shg_fast.tolerances import randomize_batchnorm
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import (conv1x1, conv1x1_available, conv1x1_reference, conv1x1_weight, conv_bn_relu,
                           decode_heatmaps, residual_block, upsample_add, winograd_available, winograd_conv3x3,
                           winograd_conv3x3_reference, winograd_weight)
 from shg_fast.reference import Residual
-from shg_fast.testing import max_rel_error, tolerance
+from shg_fast.tolerances import max_rel_error, tolerance
 
 BATCH = 32 if ON_GPU else 1
 SIZES = (64, 32, 16, 8, 4)

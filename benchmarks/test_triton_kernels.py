@@ -11,10 +11,10 @@ import itertools
 import pytest
 import torch
 
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import conv_bn_relu, decode_heatmaps, residual_block, upsample_add
 from shg_fast.reference import Residual
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -43,7 +43,7 @@ def timed(benchmark, group: str, fn):
 def check(out, reference, mode):
     """Large-shape correctness against ``reference(dtype)``, the reference run on the same inputs in dtype.
 
-    fp32 within the fp32 bound; bf16 at most 2x the bf16 reference's error (DESIGN.md), both
+    fp32 within the fp32 bound; bf16 at most 2x the bf16 reference's error (docs/DESIGN.md), both
     measured against float32 here (float64 convs are slow on a GPU at these sizes).
     """
     same = reference(torch.bfloat16) if mode == "bfloat16" else None

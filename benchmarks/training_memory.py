@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from shg_fast import StackedHourglass, reference  # noqa: E402
 from shg_fast.ops.bn_train import training_backend  # noqa: E402
-from shg_fast.testing import max_rel_error, randomize_batchnorm  # noqa: E402
+from shg_fast.tolerances import max_rel_error, randomize_batchnorm  # noqa: E402
 from shg_fast.training_ops import saved_tensor_bytes  # noqa: E402
 
 

@@ -14,7 +14,7 @@ Two parts, written to ``benchmarks/results/compiled-code.json``:
 ``layers`` / ``predicted_ms``
     per layer of the network (every launch of the engine's GPU program: max-pools read by the
     block after them, '+pool' rows) a roofline (FLOPs, DRAM bytes, the time at the H200's rates),
-    a predicted time of our kernels (shg_fast/predictions.py: Triton convs as padded tiles in
+    a predicted time of our kernels (shg_fast/roofline.py: Triton convs as padded tiles in
     waves over 132 SMs; the CUDA block kernel with its tiling, mma.sync rate, streamed or resident
     weights; a 2 us launch floor), the latency floor of any one-launch kernel for the layer, and
     each miss of "within 2x of the roofline" classified (below that floor, or kernel
@@ -40,7 +40,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from shg_fast.kernels.conv_bn_relu import conv_config  # noqa: E402
-from shg_fast.predictions import (BELOW_LATENCY_FLOOR, ELEMENT_SIZE, KERNEL_INEFFICIENCY, RATES,  # noqa: E402
+from shg_fast.roofline import (BELOW_LATENCY_FLOOR, ELEMENT_SIZE, KERNEL_INEFFICIENCY, RATES,  # noqa: E402
                                   block_prediction, classify_miss, conv_prediction, latency_floor_us,
                                   triton_block_prediction)
 
@@ -129,9 +129,9 @@ def layer_report() -> tuple[list[dict], dict]:
     Residual blocks run on the backend the default rule predicts faster (``backend``; both
     predictions in the row); ``triton_only_ms`` sums the forward with every block on the Triton convs.
     Each row's ``latency_floor_us`` is the least time any one-launch kernel for that layer could take
-    (``kernel_latency_floor_us`` without the launch floor; :func:`shg_fast.predictions.latency_floor_us`);
+    (``kernel_latency_floor_us`` without the launch floor; :func:`shg_fast.roofline.latency_floor_us`);
     ``miss`` / ``kernel_miss`` classify a predicted / kernel time over 2x the roofline
-    (:func:`~shg_fast.predictions.classify_miss`). ``latency_floor_ms`` sums the floors: the least forward
+    (:func:`~shg_fast.roofline.classify_miss`). ``latency_floor_ms`` sums the floors: the least forward
     time of one launch per layer; ``launches`` counts the launches of the default choices (the conv
     layers' split-K reduces not counted).
     """
@@ -362,7 +362,7 @@ def _block_kernel_facts(name: str, dtype: str, registers: int, opcodes: list[str
     streaming layout's dynamic shared memory and CTAs per SM, and per map size at batch 1 the launch
     an H200 gets (tile, cluster, shared memory, whether the CTAs hold their whole weight share)."""
     import compile_triton_sm90 as sm90
-    from shg_fast.ops.cuda_backend import TILE_SIZES, block_launch_smem, block_smem_bytes, block_tiling
+    from shg_fast.ops.extension_backend import TILE_SIZES, block_launch_smem, block_smem_bytes, block_tiling
 
     tensor = name.endswith("true>")
     mode = "tf32" if dtype == "fp32" and tensor else dtype
@@ -456,7 +456,7 @@ def write_report(path: pathlib.Path, new_kernels: list[dict] | None, new_cuda: l
         note="PREDICTIONS and compile-time facts only: no GPU has run these kernels. Registers, spills, shared "
              "memory and instruction families are read from sm_90a cubins (Triton + ptxas, nvcc, cuobjdump); "
              "roofline_us and predicted_us are computed from FLOPs, bytes and the rates and assumptions below "
-             "(shg_fast/predictions.py). Residual blocks: 'backend' is the default rule's choice, the faster "
+             "(shg_fast/roofline.py). Residual blocks: 'backend' is the default rule's choice, the faster "
              "PREDICTION of the whole-block CUDA kernel ('cuda') and the three Triton convs ('triton'); both "
              "models count MMA waves, DRAM bytes and the L2 latency of their pipelined loads. latency_floor_us: "
              "the least time of any one-launch kernel for the layer under the same assumptions; 'miss' says "

@@ -32,11 +32,11 @@ import torch
 from shg_fast import benchmarking
 from shg_fast.backends import BackendUnavailableError
 from shg_fast.benchmarking import BenchConfig, precision, time_calls, timing_summary
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import (conv_bn_relu, conv_bn_relu_reference, decode_heatmaps, decode_heatmaps_reference,
                           residual_block, residual_block_reference, upsample_add, upsample_add_reference)
 from shg_fast.reference import Residual, StackedHourglass
-from shg_fast.testing import max_rel_error, randomize_batchnorm
+from shg_fast.tolerances import max_rel_error, randomize_batchnorm
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -87,11 +87,11 @@ def cmd_env(out: pathlib.Path) -> int:
 
 
 def _use_device_rates() -> dict:
-    """Point shg_fast.predictions at this GPU's rates (H200 without one); the profile and why."""
-    from shg_fast import predictions
+    """Point shg_fast.roofline at this GPU's rates (H200 without one); the profile and why."""
+    from shg_fast import roofline
 
-    predictions.use_device(torch.cuda.get_device_name() if ON_GPU else None)
-    return {k: predictions.RATES[k] for k in ("device", "device_reason", "device_source", "matrix_tflops",
+    roofline.use_device(torch.cuda.get_device_name() if ON_GPU else None)
+    return {k: roofline.RATES[k] for k in ("device", "device_reason", "device_source", "matrix_tflops",
                                                "copy_tbps")}
 
 
@@ -121,10 +121,10 @@ def _rand(*shape, dtype=torch.float32):
 
 
 def block_predictions(cin: int, cout: int, h: int, w: int, dtype_name: str, batch: int, pool: bool = False) -> dict:
-    """PREDICTED ms per batch of one residual block per backend (shg_fast.predictions, this GPU's profile), and the
+    """PREDICTED ms per batch of one residual block per backend (shg_fast.roofline, this GPU's profile), and the
     CUDA kernel's tiling (with whether its CTAs hold their whole weight share: ``resident``, else ``streamed``),
     to stand next to the measurement (square maps: max(h, w); ``pool``: the input read 2x2 max-pooled)."""
-    from shg_fast.predictions import block_prediction, triton_block_prediction
+    from shg_fast.roofline import block_prediction, triton_block_prediction
 
     size = max(h, w)
     cuda = block_prediction(cin, cout, size, batch, dtype_name, False, pool)
@@ -343,8 +343,8 @@ def cmd_peers(out: pathlib.Path, smoke: bool) -> int:
 # ---------------------------------------------------------------- kernels
 
 def _step_prediction(step, batch: int, mode: str) -> dict:
-    """The PREDICTION for one program step from its shape key (shg_fast.predictions), or {} for other ops."""
-    from shg_fast.predictions import block_prediction, conv_prediction, triton_block_prediction
+    """The PREDICTION for one program step from its shape key (shg_fast.roofline), or {} for other ops."""
+    from shg_fast.roofline import block_prediction, conv_prediction, triton_block_prediction
 
     dims = dict(part.split("=") if "=" in part else (part, True) for part in step.shape.split())
     num = {k: int(v) for k, v in dims.items() if v is not True}

@@ -54,7 +54,7 @@ def cmd_report(out: pathlib.Path) -> int:
     lines += ["## Parts", "", "| part | status | seconds | note |", "|---|---|---|---|"]
     lines += [f"| {p['part']} | {p['status']} | {p['seconds']:.0f} | {p['note']} |" for p in parts]
     lines += ["", "## Fused ops vs ATen/cuDNN (ms per batch, median; CUDA events on a GPU)", "",
-              "Residual blocks: `predicted` is the PREDICTION of that backend (shg_fast/predictions.py; "
+              "Residual blocks: `predicted` is the PREDICTION of that backend (shg_fast/roofline.py; "
               "`roofline` the block's own), next to the measured `ms`.", "",
               "| op | shape | dtype | batch | backend | ms | predicted | roofline | vs aten | max rel err vs fp64 | "
               "status |",

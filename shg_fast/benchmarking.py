@@ -2,7 +2,7 @@
 
 :func:`run_benchmark` times every variant of :mod:`shg_fast.variants` for each (dtype, batch)
 of a :class:`BenchConfig` on one device, checks each variant's output against a float64 run
-of the reference on the same input (tolerances from :mod:`shg_fast.testing`), and returns a
+of the reference on the same input (tolerances from :mod:`shg_fast.tolerances`), and returns a
 JSON-ready report. :func:`format_table`, :func:`format_markdown` and :func:`plot_report` render it.
 
 Timing: the variants of one (dtype, batch) take turns call by call (:func:`time_round_robin`),
@@ -30,8 +30,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .machine import cpu_flags, cpu_name
 from .reference import StackedHourglass
-from .testing import max_rel_error, randomize_batchnorm, tolerance
+from .tolerances import max_rel_error, randomize_batchnorm, tolerance
 from .variants import PEERS, VARIANTS, build_variant, variant_reasons
 
 __all__ = [
@@ -63,7 +64,7 @@ __all__ = [
 PAPER_MS_PER_IMAGE = 75.0
 SCHEMA_VERSION = 1
 
-#: Benchmark dtype name -> (tensor dtype, TF32 allowed, tolerance mode in shg_fast.testing.TOLERANCES).
+#: Benchmark dtype name -> (tensor dtype, TF32 allowed, tolerance mode in shg_fast.tolerances.TOLERANCES).
 DTYPES = {
     "fp32": (torch.float32, False, "float32"),
     "tf32": (torch.float32, True, "tf32"),
@@ -196,28 +197,6 @@ def _distribution_version(name: str) -> str | None:
         return None
 
 
-def _cpuinfo_field(name: str) -> str | None:
-    """The first ``name : value`` of /proc/cpuinfo (Linux), or None."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == name:
-                    return value.strip()
-    except OSError:
-        pass
-    return None
-
-
-def _cpu_name() -> str:
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's feature flags (``avx2``, ``fma``, ``avx512f``...) from /proc/cpuinfo; empty elsewhere."""
-    return sorted((_cpuinfo_field("flags") or "").split())
-
-
 def gpu_telemetry(index: int = 0) -> dict:
     """Driver, SM/memory clocks (MHz), power (W) and temperature (C) from nvidia-ml-py, if installed.
 
@@ -272,7 +251,7 @@ def environment(device: str) -> dict:
         "triton": _distribution_version("triton"),
         "cuda": torch.version.cuda,
         "device": device,
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         # threading settings that change CPU timings (OMP_WAIT_POLICY=PASSIVE: see benchmarks/PERF_NOTES.md)
@@ -409,7 +388,7 @@ def ground_truth(truth_model: nn.Module, reference: nn.Module, x: torch.Tensor, 
 
     Returns ``(truth, bound, n)``: the float64 reference's stacked outputs on the first ``n``
     images (``check_images``, or the whole batch when 0), and the bound on
-    :func:`~shg_fast.testing.max_rel_error` for ``dtype_name`` (for bf16, scaled by the error of
+    :func:`~shg_fast.tolerances.max_rel_error` for ``dtype_name`` (for bf16, scaled by the error of
     ``reference`` run in that dtype).
     """
     n = x.shape[0] if check_images == 0 else min(x.shape[0], check_images)

@@ -11,15 +11,17 @@ here. The engine (:mod:`shg_fast.engine`) builds the CPU program's steps with it
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable
 
 import torch
+from torch.nn import functional as F
 
 from . import ops
 from .backends import requested_backend
-from .fusion import FoldedResidual
-from .ops.pointwise_conv import conv1x1, conv1x1_available, conv1x1_weight
+from .folding import FoldedResidual
+from .ops.conv1x1 import conv1x1, conv1x1_available, conv1x1_weight
 from .ops.upsample_add import UPSAMPLE_ADD
 from .tactics import Tactic
 

@@ -7,7 +7,7 @@ once, everything a forward pass would otherwise decide per call:
   (backend and launch configuration, from the table of :mod:`shg_fast.tactics` or its default
   rule, with the reason);
 * weights in each kernel's layout, made once: ``w2`` tap-major for the whole-block CUDA kernel
-  (:func:`~shg_fast.ops.cuda_backend.prepack_for_cuda`), conv3 and the projection skip
+  (:func:`~shg_fast.ops.extension_backend.prepack_for_cuda`), conv3 and the projection skip
   concatenated for the Triton GEMM, the merged head split into heatmap and residual-stream
   convs, oneDNN-packed and Winograd-transformed weights on the CPU;
 * on a GPU, the outputs of the engine's Triton launches allocated once (buffers reused between
@@ -40,9 +40,10 @@ from torch.nn import functional as F
 
 from . import _extension, tactics
 from .backends import AUTO_ORDER, BackendUnavailableError, requested_backend, triton_interpreter
-from .fusion import FoldedResidual
+from .cpu_runner import CpuConvs, conv1x1_enabled, mkldnn_runner_reasons, winograd_enabled
+from .folding import FoldedResidual, HourglassPlan
 from .ops.conv_bn_relu import CONV_BN_RELU
-from .ops.cuda_backend import cuda_smem_bytes, prepack_for_cuda
+from .ops.extension_backend import cuda_smem_bytes, prepack_for_cuda
 from .ops.decode_heatmaps import DECODE_HEATMAPS, flip_permutation
 from .ops.residual_block import RESIDUAL_BLOCK
 from .tactics import Tactic
@@ -71,8 +72,6 @@ class Settings:
 
 def current_settings() -> Settings:
     """The settings now in force (environment and PyTorch flags): part of a program's cache key."""
-    from .plan import conv1x1_enabled, winograd_enabled
-
     return Settings(requested_backend(), winograd_enabled(), conv1x1_enabled(),
                     bool(torch.backends.cuda.matmul.allow_tf32), triton_interpreter())
 
@@ -295,8 +294,7 @@ class _Choice:
         if forced == "cuda" and not self.cuda_ok:
             raise BackendUnavailableError("backend 'cuda' cannot run here: "
                                           + ("no CUDA kernels in the extension" if gpu else "tensors are not on CUDA"))
-        from .plan import mkldnn_runner_reasons  # float32, and bfloat16 where oneDNN has it (issue 18)
-
+        # float32, and bfloat16 where oneDNN has it (issue 18)
         self.cpu_runner = (caps.device.type == "cpu" and forced == "auto" and caps.mkldnn
                            and not mkldnn_runner_reasons(dtype))
 
@@ -365,9 +363,6 @@ class _Recorder:
 
 class _Builder:
     def __init__(self, plan, batch: int, height: int, width: int, caps: DeviceCaps, settings: Settings):
-        from . import plan as plan_module
-
-        self.plan_module = plan_module
         self.batch, self.height, self.width = batch, height, width
         self.caps, self.settings = caps, settings
         self.dtype = plan.dtype
@@ -378,7 +373,7 @@ class _Builder:
         self.specs: list[tuple] = [((batch, 3, height, width), False)]  # register 0: the input
         self.cpu = None
         if self.choice.cpu_runner:
-            self.cpu = plan_module.CpuConvs(settings.winograd, settings.conv1x1)
+            self.cpu = CpuConvs(settings.winograd, settings.conv1x1)
         if self.choice.gpu_engine:
             from .kernels.conv_bn_relu import (H200_SMS, REDUCE_BLOCK, conv_bn_relu_kernel, conv_config,
                                                conv_split_k_reduce_kernel, k_steps)
@@ -796,7 +791,7 @@ class _Builder:
 
     def hourglass(self, name: str, x: int, hg, level: int = 1) -> int:
         low = self.blocks(f"{name}{level}.low1", x, hg.low1, pool_input=True)
-        if isinstance(hg.low2, self.plan_module.HourglassPlan):
+        if isinstance(hg.low2, HourglassPlan):
             low = self.hourglass(name, low, hg.low2, level + 1)
         else:
             low = self.blocks(f"{name}{level}.low2", low, hg.low2)

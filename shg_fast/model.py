@@ -12,6 +12,9 @@ structure or mode as the plan sees them:
 
 * registering or replacing a submodule, parameter or buffer (PyTorch's global registration hooks);
 * any step of a ``torch.optim`` optimizer (the global optimizer step hook);
+
+(these two process-wide hooks are installed when the first fast model is built, or the first
+:func:`state_key` is taken; importing shg_fast installs none)
 * ``load_state_dict`` on the model or any of its submodules (a hook on each module);
 * ``train()``/``eval()`` and ``.to()``/``.half()``/``.cuda()``... on the model;
 * :meth:`StackedHourglass.invalidate_plan`.
@@ -75,10 +78,23 @@ def state_generation() -> int:
     return _generation
 
 
-torch.nn.modules.module.register_module_module_registration_hook(_on_registration)
-torch.nn.modules.module.register_module_parameter_registration_hook(_on_registration)
-torch.nn.modules.module.register_module_buffer_registration_hook(_on_registration)
-register_optimizer_step_post_hook(_bump)
+_hooks_installed = False
+
+
+def _install_hooks() -> None:
+    """Install the process-wide registration and optimizer-step hooks that bump the counters, once.
+
+    Called by the first fast model's constructor and the first :func:`state_key` (the two users of
+    the counters), so that merely importing shg_fast changes nothing in the process.
+    """
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    torch.nn.modules.module.register_module_module_registration_hook(_on_registration)
+    torch.nn.modules.module.register_module_parameter_registration_hook(_on_registration)
+    torch.nn.modules.module.register_module_buffer_registration_hook(_on_registration)
+    register_optimizer_step_post_hook(_bump)
 
 
 class _Tracked:
@@ -119,6 +135,7 @@ def state_key(module: nn.Module) -> tuple | None:
     an inference tensor (created under ``torch.inference_mode``), whose in-place updates cannot
     be tracked.
     """
+    _install_hooks()
     tracked = _tracked_of(module)
     try:
         versions = tuple(map(_VERSION, tracked.tensors))
@@ -180,6 +197,7 @@ class StackedHourglass(reference.StackedHourglass):
     def __init__(self, num_stacks: int = 8, num_features: int = 256, num_joints: int = 16,
                  num_modules: int = 1, stem: str = "torch7", input_mean=None, *,
                  memory_efficient: bool | None = None):
+        _install_hooks()
         super().__init__(num_stacks, num_features, num_joints, num_modules, stem, input_mean)
         self._plans = _PlanCache()
         self.memory_efficient = memory_efficient

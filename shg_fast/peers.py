@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 
 from ._atomic import atomic_path
+from .machine import cpu_flags
 from .reference import StackedHourglass
 
 __all__ = ["ONNX_OPSET", "INPUT_NAME", "BATCH_DIM", "output_names", "export_reasons", "onnxruntime_reasons",
@@ -87,8 +88,6 @@ def cpu_bf16_support() -> dict:
     ``openvino``: OpenVINO lists ``BF16`` in the CPU's optimization capabilities (False when
     OpenVINO is not installed).
     """
-    from .benchmarking import cpu_flags
-
     flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in cpu_flags()]
     mkldnn_bf16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
     openvino = False

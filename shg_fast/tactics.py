@@ -59,6 +59,8 @@ from importlib import resources
 
 import torch
 
+from .roofline import REDUCE_LAUNCH_STEPS, block_prediction, split_k_default, triton_block_prediction
+
 __all__ = ["Tactic", "TABLE_PATH", "REDUCE_LAUNCH_STEPS", "load_table", "lookup", "dtype_name", "split_k_default",
            "default_residual_block"]
 
@@ -113,38 +115,6 @@ def lookup(op: str, shape: str, dtype: torch.dtype, batch: int, device_name: str
     return None
 
 
-#: What the split-K reduce launch costs, counted in K steps of one conv tile. A prediction, not a
-#: measurement: about 2 us of GPU time for one more kernel in a graph (launch gap, then a reduce
-#: that reads the partials from L2 and runs the epilogue) over about 0.12 us per K step of a
-#: latency-bound 16-bit tensor-core tile (a 16 KB operand load from L2 per step). Exact float32
-#: steps run on FMA units and take longer, so the rule splits them a little less often than their
-#: time would justify. The GPU check should measure it and the table override it where it errs.
-REDUCE_LAUNCH_STEPS = 16
-
-
-def split_k_default(steps: int, split: int) -> int:
-    """The engine's default split-K factor for a conv whose tiles take ``steps`` K steps each.
-
-    ``split`` is :func:`shg_fast.kernels.conv_bn_relu.conv_config`'s factor: the most that keeps
-    every share at least ``MIN_STEPS_PER_SPLIT`` steps while the tiles alone would leave SMs
-    idle, which happens at batch 1 on the small maps of the hourglass. Splitting by ``s`` cuts
-    each tile's K loop to ``ceil(steps / s)`` steps but adds one launch, the deterministic reduce.
-    The rule takes the ``s`` in 1, 2, 4 ... ``split`` with the least predicted time,
-    ``ceil(steps / s) + (REDUCE_LAUNCH_STEPS if s > 1 else 0)`` K steps (the smaller ``s`` on a
-    tie), so a split must save more K steps than the reduce launch costs: a 3x3 conv with 128
-    channels in 16-bit (18 steps of 64 channels) runs whole, its float32 twin (72 steps of 16)
-    splits by 8.
-    """
-    best, best_cost = 1, steps
-    s = 2
-    while s <= split:
-        cost = -(-steps // s) + REDUCE_LAUNCH_STEPS
-        if cost < best_cost:
-            best, best_cost = s, cost
-        s *= 2
-    return best
-
-
 def _mode(dtype: torch.dtype, tf32: bool) -> str | None:
     """The prediction mode of a dtype (``None``: no prediction, e.g. float64)."""
     if dtype == torch.float32:
@@ -156,16 +126,14 @@ def default_residual_block(cin: int, cout: int, height: int, width: int, dtype: 
                            tf32: bool, upsample: bool, pool_input: bool = False) -> Tactic:
     """The default backend of a residual block on a GPU, by PREDICTED time (no GPU has measured it).
 
-    Compares :func:`shg_fast.predictions.block_prediction` (the whole-block CUDA kernel: one
-    launch, its tiling on an H200) with :func:`~shg_fast.predictions.triton_block_prediction`
+    Compares :func:`shg_fast.roofline.block_prediction` (the whole-block CUDA kernel: one
+    launch, its tiling on an H200) with :func:`~shg_fast.roofline.triton_block_prediction`
     (three Triton convs, their split-K reduce launches included), each with the assumed 2 us
     per-launch floor of a graph replay, for a ``max(height, width)`` square map (``height`` x
     ``width``: the block's own size; ``pool_input``: it reads its input 2x2 max-pooled). float32
     without TF32 goes to ``triton`` (the CUDA kernel's exact path is a slow scalar loop);
     float64 (no prediction) to ``cuda``. The caller checks that the backend can run here.
     """
-    from .predictions import block_prediction, triton_block_prediction
-
     mode = _mode(dtype, tf32)
     if mode is None:
         return Tactic("cuda", f"default rule: no prediction for {dtype_name(dtype)}; whole-block CUDA kernel")

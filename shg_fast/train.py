@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from . import _atomic
-from .models import DEFAULT_CONFIG, MODEL_KINDS, build_model, load_checkpoint, save_checkpoint
+from .checkpoints import DEFAULT_CONFIG, MODEL_KINDS, build_model, load_checkpoint, save_checkpoint
 from .reference import STEMS
 from .pose.decode import predict_joints
 from .pose.pckh import pck

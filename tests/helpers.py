@@ -1,7 +1,7 @@
 """Test helpers: random BN statistics, backends that can run here."""
 
 from shg_fast import _extension
-from shg_fast.testing import randomize_batchnorm as randomize_bn  # noqa: F401  (global RNG, seeded per test)
+from shg_fast.tolerances import randomize_batchnorm as randomize_bn  # noqa: F401  (global RNG, seeded per test)
 
 
 def cpu_backends() -> list[str]:

@@ -88,7 +88,7 @@ def test_dtype_check_reasons():
 
 
 def test_import_does_not_initialise_cuda():
-    code = "import torch, shg_fast, shg_fast.ops, shg_fast.fusion; assert not torch.cuda.is_initialized(); print('ok')"
+    code = "import torch, shg_fast, shg_fast.ops, shg_fast.folding; assert not torch.cuda.is_initialized(); print('ok')"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"

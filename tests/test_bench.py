@@ -13,7 +13,7 @@ import torch
 from shg_fast import benchmarking, variants
 from shg_fast.cli import main
 from shg_fast.reference import StackedHourglass
-from shg_fast.testing import LOW_PRECISION_FACTOR, TOLERANCES, tolerance
+from shg_fast.tolerances import LOW_PRECISION_FACTOR, TOLERANCES, tolerance
 
 TINY = ["--size", "64", "--stacks", "1", "--batch", "1,2", "--warmup", "0", "--repeats", "1"]
 

@@ -10,7 +10,7 @@ import torch
 
 from shg_fast import convert
 from shg_fast.data.mpii import read_image_rgb
-from shg_fast.models import SHIPPED_CHECKPOINT, load_checkpoint
+from shg_fast.checkpoints import SHIPPED_CHECKPOINT, load_checkpoint
 from shg_fast.pose.decode import predict_joints
 from shg_fast.pose.joints import MPII_JOINTS
 from shg_fast.pose.transforms import SCALE_UNIT, crop, to_input

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shg_fast import _extension, backends
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import decode_heatmaps, residual_block, upsample_add
 from shg_fast.reference import Residual
 from .helpers import randomize_bn

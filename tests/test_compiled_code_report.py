@@ -99,7 +99,7 @@ def test_block_rows_follow_the_tactic_rule_and_name_each_miss():
 def test_every_miss_is_classified_against_the_latency_floor():
     """Each row states the one-launch latency floor; a miss is 'below the floor' exactly when 2x the roofline is under
     the floor (no per-layer kernel can meet it), else 'kernel inefficiency'; nothing predicted beats its floor."""
-    from shg_fast.predictions import BELOW_LATENCY_FLOOR, KERNEL_INEFFICIENCY, LAUNCH_FLOOR_US
+    from shg_fast.roofline import BELOW_LATENCY_FLOOR, KERNEL_INEFFICIENCY, LAUNCH_FLOOR_US
 
     rows, totals = report.layer_report()
     for row in rows:

@@ -4,7 +4,7 @@ import torch
 from shg_fast import convert
 from shg_fast.cli import main
 from shg_fast.reference import StackedHourglass
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 from .helpers import randomize_bn
 from .ports import BearpawHourglassNet, PrincetonPoseNet, anibali_hg
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from shg_fast import StackedHourglass, plan, reference
-from shg_fast.testing import max_rel_error, randomize_batchnorm, tolerance
+from shg_fast import StackedHourglass, cpu_runner, reference
+from shg_fast.tolerances import max_rel_error, randomize_batchnorm, tolerance
 
-NATIVE_BF16 = not plan.cpu_bf16_reasons()
+NATIVE_BF16 = not cpu_runner.cpu_bf16_reasons()
 
 
 def emulate_onednn(monkeypatch):
@@ -28,10 +28,10 @@ def emulate_onednn(monkeypatch):
     def conv(x, w, b, pad, stride):
         return F.conv2d(x.float(), w.float(), b.float(), stride, pad)
 
-    monkeypatch.setattr(plan, "cpu_bf16_reasons", lambda: [])
-    monkeypatch.setattr(plan, "_onednn_pack", lambda w, pad, stride, x_shape: w)
-    monkeypatch.setattr(plan, "_onednn_conv", lambda x, w, b, pad, stride: conv(x, w, b, pad, stride).to(x.dtype))
-    monkeypatch.setattr(plan, "_onednn_conv_add",
+    monkeypatch.setattr(cpu_runner, "cpu_bf16_reasons", lambda: [])
+    monkeypatch.setattr(cpu_runner, "_onednn_pack", lambda w, pad, stride, x_shape: w)
+    monkeypatch.setattr(cpu_runner, "_onednn_conv", lambda x, w, b, pad, stride: conv(x, w, b, pad, stride).to(x.dtype))
+    monkeypatch.setattr(cpu_runner, "_onednn_conv_add",
                         lambda x, a, w, b, pad, stride: (conv(x, w, b, pad, stride) + a.float()).to(x.dtype))
 
 
@@ -57,12 +57,12 @@ def runner_of(fast: torch.nn.Module, dtype: torch.dtype) -> str:
 
 def test_bf16_support_is_detected_not_assumed():
     supported = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    assert (plan.cpu_bf16_reasons() == []) == supported
-    reasons = plan.mkldnn_runner_reasons(torch.bfloat16)
-    assert bool(reasons) == (not supported) or plan.mkldnn_runner_reasons()  # forced backend: reasons anyway
+    assert (cpu_runner.cpu_bf16_reasons() == []) == supported
+    reasons = cpu_runner.mkldnn_runner_reasons(torch.bfloat16)
+    assert bool(reasons) == (not supported) or cpu_runner.mkldnn_runner_reasons()  # forced backend: reasons anyway
     if not supported:
         assert "AVX-512" in reasons[-1] and "_is_mkldnn_bf16_supported() is False" in reasons[-1]
-    assert "not torch.float16" in plan.mkldnn_runner_reasons(torch.float16)[-1]
+    assert "not torch.float16" in cpu_runner.mkldnn_runner_reasons(torch.float16)[-1]
 
 
 def test_without_native_bf16_the_plan_runs_the_ops_and_says_so():

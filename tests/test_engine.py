@@ -14,7 +14,7 @@ from shg_fast import model as model_module
 from shg_fast.engine import StepError, build_program, recorded_gpu
 from shg_fast.ops import decode_heatmaps_reference
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 from .helpers import randomize_bn
 

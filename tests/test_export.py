@@ -15,9 +15,9 @@ import torch
 
 from shg_fast import peers
 from shg_fast.cli import main
-from shg_fast.models import SHIPPED_CHECKPOINT, model_from_checkpoint
+from shg_fast.checkpoints import SHIPPED_CHECKPOINT, model_from_checkpoint
 from shg_fast.reference import StackedHourglass
-from shg_fast.testing import max_rel_error, randomize_batchnorm, tolerance
+from shg_fast.tolerances import max_rel_error, randomize_batchnorm, tolerance
 
 needs_export = pytest.mark.skipif(bool(peers.export_reasons()), reason="; ".join(peers.export_reasons()))
 needs_onnxruntime = pytest.mark.skipif(bool(peers.onnxruntime_reasons()), reason="; ".join(peers.onnxruntime_reasons()))

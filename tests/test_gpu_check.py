@@ -13,9 +13,9 @@ import tarfile
 import pytest
 import torch
 
-from shg_fast import StackedHourglass, _extension, predictions
+from shg_fast import StackedHourglass, _extension, roofline
 from shg_fast.engine import build_program, recorded_gpu
-from shg_fast.testing import TOLERANCES
+from shg_fast.tolerances import TOLERANCES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
@@ -34,17 +34,17 @@ def test_plan_fits_the_call_in_the_order_of_value():
 
 def test_predictions_take_the_rates_of_the_named_device():
     try:
-        assert predictions.use_device("NVIDIA H100 80GB HBM3") == "H100 SXM"
-        h100 = predictions.block_prediction(256, 256, 4, 1, "bf16", False)["roofline_us"]
-        assert predictions.RATES["device"] == "H100 SXM" and predictions.COPY_TBPS == 3.0
-        assert predictions.use_device("NVIDIA H200") == "H200"
-        h200 = predictions.block_prediction(256, 256, 4, 1, "bf16", False)["roofline_us"]
+        assert roofline.use_device("NVIDIA H100 80GB HBM3") == "H100 SXM"
+        h100 = roofline.block_prediction(256, 256, 4, 1, "bf16", False)["roofline_us"]
+        assert roofline.RATES["device"] == "H100 SXM" and roofline.COPY_TBPS == 3.0
+        assert roofline.use_device("NVIDIA H200") == "H200"
+        h200 = roofline.block_prediction(256, 256, 4, 1, "bf16", False)["roofline_us"]
         assert h100 > h200  # a memory-bound block (its weights, 4x4 maps): slower memory, longer roofline
-        assert predictions.device_profile("NVIDIA H100 PCIe")[0] == predictions.DEFAULT_DEVICE
-        assert "default" in predictions.device_profile("NVIDIA H100 PCIe")[1]
+        assert roofline.device_profile("NVIDIA H100 PCIe")[0] == roofline.DEFAULT_DEVICE
+        assert "default" in roofline.device_profile("NVIDIA H100 PCIe")[1]
     finally:
-        predictions.use_device(None)
-    assert predictions.RATES["device"] == "H200" and predictions.COPY_TBPS == 4.3
+        roofline.use_device(None)
+    assert roofline.RATES["device"] == "H200" and roofline.COPY_TBPS == 4.3
 
 
 def test_every_block_and_conv_step_of_a_gpu_program_has_a_prediction():

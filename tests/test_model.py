@@ -8,7 +8,7 @@ import torch
 from shg_fast import StackedHourglass, cuda_graph, reference
 from shg_fast.model import state_key
 from shg_fast.plan import mkldnn_runner_reasons
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 from .conftest import devices
 from .helpers import randomize_bn
@@ -423,14 +423,14 @@ def test_cpu_runner_uses_conv1x1_for_1x1_convs_unless_disabled(monkeypatch):
     """float32 CPU plans run every 1x1 conv on shg_fast::conv1x1, each block's clamp prologue fused into
     its conv1; SHG_FAST_CONV1X1=0 runs them on oneDNN. Both ways match the float64 reference.
     """
-    from shg_fast import ops, plan
+    from shg_fast import cpu_runner, ops
 
     if mkldnn_runner_reasons() or not ops.conv1x1_available():
         pytest.skip("the float32 CPU runner or the conv1x1 kernel is not available")
     calls, packs = [], []
-    conv, pack = plan.conv1x1, plan.conv1x1_weight
-    monkeypatch.setattr(plan, "conv1x1", lambda x, *a, **k: calls.append(k.get("clamp") is not None) or conv(x, *a, **k))
-    monkeypatch.setattr(plan, "conv1x1_weight", lambda w: packs.append(w.shape) or pack(w))
+    conv, pack = cpu_runner.conv1x1, cpu_runner.conv1x1_weight
+    monkeypatch.setattr(cpu_runner, "conv1x1", lambda x, *a, **k: calls.append(k.get("clamp") is not None) or conv(x, *a, **k))
+    monkeypatch.setattr(cpu_runner, "conv1x1_weight", lambda w: packs.append(w.shape) or pack(w))
     ref, fast = make_pair(*CONFIGS[0])
     x = torch.rand(1, 3, 64, 64)
     assert fast.eval().plan_info()["conv1x1"]

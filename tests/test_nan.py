@@ -17,7 +17,7 @@ from shg_fast.ops.decode_heatmaps import DECODE_HEATMAPS
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK
 from shg_fast.ops.upsample_add import UPSAMPLE_ADD
 from shg_fast.plan import mkldnn_runner_reasons
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 from .helpers import backends_of, randomize_bn
 from .test_validation import _block

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import conv_bn_relu, conv_bn_relu_reference, decode_heatmaps, decode_heatmaps_reference
 from shg_fast.ops import residual_block, upsample_add, upsample_add_reference
 from shg_fast.ops.conv_bn_relu import CONV_BN_RELU
@@ -14,7 +14,7 @@ from shg_fast.ops.decode_heatmaps import DECODE_HEATMAPS, MPII_FLIP_PAIRS, flip_
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK
 from shg_fast.ops.upsample_add import UPSAMPLE_ADD
 from shg_fast.reference import Residual
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 from .helpers import backends_of, randomize_bn
 

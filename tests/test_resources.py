@@ -10,7 +10,7 @@ import torch
 
 from shg_fast.ops import decode_heatmaps, upsample_add
 from shg_fast.reference import StackedHourglass
-from shg_fast.testing import RSS_GROWTH_LIMIT_BYTES
+from shg_fast.tolerances import RSS_GROWTH_LIMIT_BYTES
 
 from .helpers import randomize_bn
 

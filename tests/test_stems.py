@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shg_fast import StackedHourglass, reference
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 from .helpers import randomize_bn
 from .ports import BearpawHourglassNet
 

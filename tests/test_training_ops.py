@@ -13,7 +13,7 @@ from shg_fast import StackedHourglass, reference, training_ops
 from shg_fast.ops import bn_train
 from shg_fast.cli import main
 from shg_fast import train as train_module
-from shg_fast.testing import (LOW_PRECISION_FACTOR, MEMORY_EFFICIENT_SAVED_RATIO, TOLERANCES,
+from shg_fast.tolerances import (LOW_PRECISION_FACTOR, MEMORY_EFFICIENT_SAVED_RATIO, TOLERANCES,
                               WELL_CONDITIONED_BN_BIAS, assert_close_to_reference, randomize_batchnorm, tolerance)
 from shg_fast.train import default_args, train
 from tests.data_.test_mpii import PHOTOS, write_annotations

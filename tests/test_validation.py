@@ -6,14 +6,14 @@ import re
 import pytest
 import torch
 
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import conv_bn_relu, conv_bn_relu_reference, decode_heatmaps, residual_block, upsample_add
 from shg_fast.ops.conv_bn_relu import CONV_BN_RELU
 from shg_fast.ops.decode_heatmaps import DECODE_HEATMAPS
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK, residual_block_reference
 from shg_fast.ops.upsample_add import UPSAMPLE_ADD
 from shg_fast.reference import Residual, StackedHourglass
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 from .helpers import backends_of, randomize_bn
 

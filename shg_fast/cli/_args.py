@@ -16,12 +16,10 @@ written is left behind.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable
 

@@ -61,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from shg_fast.models import SHIPPED_CHECKPOINT, model_from_checkpoint
+    from shg_fast.checkpoints import SHIPPED_CHECKPOINT, model_from_checkpoint
     from shg_fast.peers import ONNX_OPSET, export_onnx, load_onnxruntime
-    from shg_fast.testing import max_rel_error, tolerance
+    from shg_fast.tolerances import max_rel_error, tolerance
 
     path = args.checkpoint or SHIPPED_CHECKPOINT
     try:

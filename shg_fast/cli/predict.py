@@ -15,7 +15,7 @@ MAX_PIXELS = 1e6
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    from ..models import MODEL_KINDS
+    from ..checkpoints import MODEL_KINDS
     from ..pose.transforms import CROP_METHODS
 
     p = sub.add_parser("predict", help="predict the joints of one person per image; PNG + JSON per image",
@@ -60,7 +60,7 @@ def check(args: argparse.Namespace) -> None:
 def _load_model(args):
     import torch
 
-    from ..models import SHIPPED_CHECKPOINT, model_from_checkpoint
+    from ..checkpoints import SHIPPED_CHECKPOINT, model_from_checkpoint
 
     path = Path(args.checkpoint) if args.checkpoint else SHIPPED_CHECKPOINT
     try:

@@ -4,8 +4,8 @@ Each function validates its arguments, picks a backend (``backend=``, ``$SHG_FAS
 or ``auto``; see :mod:`shg_fast.backends`) and runs it.
 """
 
-from . import cuda_backend  # noqa: F401  (registers the extension backends of residual_block)
-from .pointwise_conv import conv1x1, conv1x1_available, conv1x1_reference, conv1x1_weight
+from . import extension_backend  # noqa: F401  (registers the extension backends of residual_block)
+from .conv1x1 import conv1x1, conv1x1_available, conv1x1_reference, conv1x1_weight
 from .conv_bn_relu import conv_bn_relu, conv_bn_relu_reference
 from .decode_heatmaps import MPII_FLIP_PAIRS, decode_heatmaps, decode_heatmaps_reference, flip_permutation
 from .residual_block import residual_block, residual_block_reference

@@ -1,4 +1,4 @@
-"""Argument checks shared by the C++ CPU-only ops (:mod:`.winograd`, :mod:`.pointwise_conv`)."""
+"""Argument checks shared by the C++ CPU-only ops (:mod:`.winograd`, :mod:`.conv1x1`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Training-mode BatchNorm+ReLU pieces: batch statistics, ``relu(BN(x))``, its backward, and the max-pool's.
 
-Three functions, each with a Triton implementation (``kernels/bn_train.py``, on CUDA tensors, or
+Three functions, each with a Triton implementation (``shg_fast/kernels/bn_train.py``, on CUDA tensors, or
 on CPU ones in Triton's interpreter for testing) and a pure-PyTorch twin written to mirror it:
 
 * :func:`batch_stats` -- per-channel mean and biased variance of ``x`` (N, C, H, W);

@@ -6,7 +6,7 @@
     y   = y + residual                               (same shape as y)
     y   = y + upsample[n, o, h // 2, w // 2]         (nearest 2x of a half-size tensor)
 
-This is the building block of the eval-mode residual block (see :mod:`shg_fast.fusion`):
+This is the building block of the eval-mode residual block (see :mod:`shg_fast.folding`):
 the block's first BN becomes the prologue, the BN after each conv is folded into its weight.
 """
 

@@ -1,7 +1,7 @@
 """The eval-mode pre-activation residual block as one op.
 
 ``residual_block(x, block)`` equals ``Residual.eval()(x)`` for the module ``block`` was
-folded from (:class:`shg_fast.fusion.FoldedResidual`), optionally plus a nearest-2x
+folded from (:class:`shg_fast.folding.FoldedResidual`), optionally plus a nearest-2x
 upsampled lower branch (the hourglass's ``up1 + upsample(low3)`` when this block is the last
 of ``up1``). With ``pool_input`` the block runs on ``max_pool2d(x, 2, 2)`` (the hourglass's
 ``low1`` and the stem's pool), which the kernels read as they load ``x``: one launch less.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..backends import FusedOp
-from ..fusion import FoldedResidual
+from ..folding import FoldedResidual
 from torch.nn import functional as F
 
 from .conv_bn_relu import SUPPORTED_DTYPES, conv_bn_relu_reference

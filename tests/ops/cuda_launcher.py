@@ -13,7 +13,7 @@ import ctypes
 import torch
 
 from shg_fast import _extension
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 
 DTYPE_TAGS = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 

@@ -7,7 +7,7 @@ from torch.nn import functional as F
 from shg_fast.ops.bn_train import (batch_stats, batch_stats_reference, bn_relu, bn_relu_backward,
                                    bn_relu_backward_reference, bn_relu_reference, cpu_reasons, max_pool2x2_backward,
                                    max_pool2x2_backward_reference, training_backend)
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 # Odd channel counts around the 32-channel tile, odd spatial sizes, a batch of one.
 SHAPES = [(2, 3, 5, 7), (1, 37, 4, 6), (3, 65, 3, 3), (2, 19, 1, 9)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shg_fast import _extension
-from shg_fast.ops.cuda_backend import TILE_SIZES, cuda_launch_smem, cuda_smem_bytes, cuda_tiling
+from shg_fast.ops.extension_backend import TILE_SIZES, cuda_launch_smem, cuda_smem_bytes, cuda_tiling
 
 from .cuda_launcher import DTYPE_TAGS, block_args, library
 from .test_residual_block_cpu import make_block

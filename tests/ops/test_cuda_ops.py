@@ -14,9 +14,9 @@ from shg_fast.ops import (
     upsample_add,
     upsample_add_reference,
 )
-from shg_fast.ops.cuda_backend import cuda_tiling, prepack_for_cuda
+from shg_fast.ops.extension_backend import cuda_tiling, prepack_for_cuda
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 from .cuda_launcher import library, run_residual_block
 from .test_residual_block_cpu import make_block, make_inputs
@@ -110,7 +110,7 @@ def test_residual_blocks_back_to_back(graph, dtype, poison_empty):
     """Block launches that each read the one before (programmatic dependent launches on sm_90+: the next grid may
     start early and waits in griddepcontrol.wait), at batch 1 on small maps where the CTAs hold their whole weight
     share, on one stream and replayed from one CUDA graph: each output as the float64 chain's."""
-    from shg_fast.ops.cuda_backend import cuda_launch_smem
+    from shg_fast.ops.extension_backend import cuda_launch_smem
 
     props = torch.cuda.get_device_properties(0)
     limit = props.shared_memory_per_block_optin

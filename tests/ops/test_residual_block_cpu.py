@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import residual_block, residual_block_reference
-from shg_fast.ops.cuda_backend import cuda_smem_bytes, cuda_tiling, prepack_for_cuda, residual_block_extension
+from shg_fast.ops.extension_backend import cuda_smem_bytes, cuda_tiling, prepack_for_cuda, residual_block_extension
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK
 from shg_fast.reference import Residual
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 from ..helpers import randomize_bn
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import conv_bn_relu_reference, residual_block
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK
 from shg_fast.reference import Residual
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 from ..helpers import backends_of, randomize_bn
 

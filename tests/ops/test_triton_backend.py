@@ -10,7 +10,7 @@ from torch import nn
 from torch.testing._internal.optests.generate_tests import ALL_TEST_UTILS
 
 from shg_fast.backends import BackendUnavailableError
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import decode_heatmaps, residual_block, upsample_add
 from shg_fast.ops.conv_bn_relu import CONV_BN_RELU
 from shg_fast.ops.triton_backend import IMPORT_ERROR
@@ -56,7 +56,7 @@ def small_inputs(device):
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_ops_pass_opcheck(device):
     # In the interpreter the AOT-dispatch tests trace the kernel launch on fake tensors and
-    # fails on their data pointers (DESIGN.md); it runs on a GPU.
+    # fails on their data pointers (docs/DESIGN.md); it runs on a GPU.
     utils = [u for u in ALL_TEST_UTILS if device == "cuda" or not u.startswith("test_aot_dispatch")]
     low, skip, x, w, up = small_inputs(device)
     ops = torch.ops.shg_fast
@@ -118,7 +118,7 @@ def test_dynamo_traces_the_dispatch_without_graph_breaks():
 def test_split_k_workspace_is_reused_and_grows(monkeypatch):
     """The public conv's split-K partial sums live in one cached buffer per (device, stream), not one per call."""
     from shg_fast.ops import conv_bn_relu, conv_bn_relu_reference, triton_backend
-    from shg_fast.testing import assert_close_to_reference
+    from shg_fast.tolerances import assert_close_to_reference
 
     allocated = []
     real = triton_backend._workspace

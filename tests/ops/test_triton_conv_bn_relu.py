@@ -7,10 +7,10 @@ the ``gpu`` marker.
 import pytest
 import torch
 
-from shg_fast.fusion import FoldedResidual
+from shg_fast.folding import FoldedResidual
 from shg_fast.ops import conv_bn_relu, conv_bn_relu_reference, residual_block, residual_block_reference
 from shg_fast.reference import Residual
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 from ..helpers import randomize_bn
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from shg_fast.ops import upsample_add, upsample_add_reference
-from shg_fast.testing import assert_close_to_reference
+from shg_fast.tolerances import assert_close_to_reference
 
 from . import test_upsample_add as base
 

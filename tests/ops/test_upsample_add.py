@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from shg_fast.ops import upsample_add, upsample_add_reference
-from shg_fast.testing import max_rel_error
+from shg_fast.tolerances import max_rel_error
 
 from ..helpers import cpu_backends
 

@@ -12,7 +12,7 @@ import torch
 from shg_fast import BackendUnavailableError
 from shg_fast.ops import winograd_available, winograd_conv3x3, winograd_conv3x3_reference, winograd_weight
 from shg_fast.ops.winograd import winograd_isa
-from shg_fast.testing import TOLERANCES, WINOGRAD_ERROR_FACTOR, max_rel_error
+from shg_fast.tolerances import TOLERANCES, WINOGRAD_ERROR_FACTOR, max_rel_error
 
 pytestmark = pytest.mark.skipif(not winograd_available(), reason="the C++ extension is not built")
 

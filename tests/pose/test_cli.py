@@ -9,7 +9,7 @@ import torch
 
 from shg_fast.cli import main
 from shg_fast.data.synthetic import SyntheticPoses
-from shg_fast.models import SHIPPED_CHECKPOINT, model_from_checkpoint
+from shg_fast.checkpoints import SHIPPED_CHECKPOINT, model_from_checkpoint
 from shg_fast.train import evaluate_pckh
 from tests.pose.test_pckh import ANNOT, DOCUMENTED, PREDS
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from shg_fast import train as train_module
-from shg_fast.models import build_model, load_checkpoint
-from shg_fast.testing import TOLERANCES, WELL_CONDITIONED_BN_BIAS, randomize_batchnorm
+from shg_fast.checkpoints import build_model, load_checkpoint
+from shg_fast.tolerances import TOLERANCES, WELL_CONDITIONED_BN_BIAS, randomize_batchnorm
 from shg_fast.train import default_args, stacked_mse, train
 from tests.data_.test_mpii import PHOTOS, write_annotations
 

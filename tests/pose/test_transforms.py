@@ -1,7 +1,5 @@
 """The crop transform: against the original's formulas, its inverse, and the cropped image."""
 
-import math
-
 import cv2
 import numpy as np
 import pytest

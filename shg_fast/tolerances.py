@@ -2,7 +2,7 @@
 
 Errors are measured against a higher-precision reference (float64 on the same inputs) as
 ``max |out - ref| / max |ref|``. For 16-bit dtypes the bound is relative to the reference
-implementation's own error in that dtype (DESIGN.md): a kernel may be at most
+implementation's own error in that dtype (docs/DESIGN.md): a kernel may be at most
 ``LOW_PRECISION_FACTOR`` times as far from the float64 truth as PyTorch's own run in that dtype.
 """
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from shg_fast.fusion import FoldedResidual, bn_scale_shift, fold_bn_into_conv, merge_head
+from shg_fast.folding import FoldedResidual, bn_scale_shift, fold_bn_into_conv, merge_head
 from shg_fast.ops import conv_bn_relu, residual_block
 from shg_fast.reference import Residual
-from shg_fast.testing import max_rel_error
+from shg_fast.tolerances import max_rel_error
 
 from .helpers import randomize_bn
 

@@ -3,7 +3,7 @@
 The C++ extension's kernel (csrc/cpu/conv1x1.cpp) runs a 1x1 convolution over channels_last
 activations as a register-blocked GEMM (6 pixels x 16 output channels per AVX2 micro-tile) on
 weights packed once by :func:`conv1x1_weight`. Fused around it: a per-input-channel clamp (the
-folded BN-ReLU prologue of a pre-activation block, :func:`shg_fast.plan._clamp_prologue`), the bias,
+folded BN-ReLU prologue of a pre-activation block, :func:`shg_fast.cpu_runner._clamp_prologue`), the bias,
 an added tensor (the residual), a nearest-upsampled half-size map (the hourglass's up-branch add)
 and ReLU, so a block's 1x1 convs read and write each activation once. With ``out=`` the result is
 written into a caller's buffer (the inference engine's, reused from call to call: no allocation,

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["MATRIX_TFLOPS", "COPY_TBPS", "LAUNCH_FLOOR_US", "ELEMENT_SIZE", "ASSUMPTIONS", "RATES",
-           "DEFAULT_DEVICE", "DEVICE_PROFILES", "device_profile", "use_device", "conv_prediction", "block_prediction",
+__all__ = ["REDUCE_LAUNCH_STEPS", "split_k_default", "MATRIX_TFLOPS", "COPY_TBPS", "LAUNCH_FLOOR_US", "ELEMENT_SIZE",
+           "ASSUMPTIONS", "RATES", "DEFAULT_DEVICE", "DEVICE_PROFILES", "device_profile", "use_device", "conv_prediction", "block_prediction",
            "triton_block_prediction", "latency_floor_us", "classify_miss", "BELOW_LATENCY_FLOOR", "KERNEL_INEFFICIENCY"]
 
 HOPPER_SMS = 132  # the H100 SXM and the H200 alike (both GH100 with 132 SMs enabled)
@@ -130,6 +130,38 @@ def classify_miss(time_us: float, roofline_us: float, floor_us: float) -> str | 
     return BELOW_LATENCY_FLOOR if floor_us > 2.0 * roofline_us else KERNEL_INEFFICIENCY
 
 
+#: What the split-K reduce launch costs, counted in K steps of one conv tile. A prediction, not a
+#: measurement: about 2 us of GPU time for one more kernel in a graph (launch gap, then a reduce
+#: that reads the partials from L2 and runs the epilogue) over about 0.12 us per K step of a
+#: latency-bound 16-bit tensor-core tile (a 16 KB operand load from L2 per step). Exact float32
+#: steps run on FMA units and take longer, so the rule splits them a little less often than their
+#: time would justify. The GPU check should measure it and the table override it where it errs.
+REDUCE_LAUNCH_STEPS = 16
+
+
+def split_k_default(steps: int, split: int) -> int:
+    """The engine's default split-K factor for a conv whose tiles take ``steps`` K steps each.
+
+    ``split`` is :func:`shg_fast.kernels.conv_bn_relu.conv_config`'s factor: the most that keeps
+    every share at least ``MIN_STEPS_PER_SPLIT`` steps while the tiles alone would leave SMs
+    idle, which happens at batch 1 on the small maps of the hourglass. Splitting by ``s`` cuts
+    each tile's K loop to ``ceil(steps / s)`` steps but adds one launch, the deterministic reduce.
+    The rule takes the ``s`` in 1, 2, 4 ... ``split`` with the least predicted time,
+    ``ceil(steps / s) + (REDUCE_LAUNCH_STEPS if s > 1 else 0)`` K steps (the smaller ``s`` on a
+    tie), so a split must save more K steps than the reduce launch costs: a 3x3 conv with 128
+    channels in 16-bit (18 steps of 64 channels) runs whole, its float32 twin (72 steps of 16)
+    splits by 8.
+    """
+    best, best_cost = 1, steps
+    s = 2
+    while s <= split:
+        cost = -(-steps // s) + REDUCE_LAUNCH_STEPS
+        if cost < best_cost:
+            best, best_cost = s, cost
+        s *= 2
+    return best
+
+
 def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
     """FLOPs, DRAM bytes, roofline and the Triton conv's predicted time for one launch.
 
@@ -141,7 +173,6 @@ def conv_prediction(conv: dict, batch: int, mode: str) -> dict:
     (``num_stages - 1`` steps in flight, ``l2_latency_us`` each), at least the DRAM time.
     """
     from .kernels.conv_bn_relu import conv_config
-    from .tactics import split_k_default
 
     elem = ELEMENT_SIZE[mode]
     k, size, c1, c2, c_out = conv["k"], conv["size"], conv["c1"], conv["c2"], conv["c_out"]
@@ -205,7 +236,7 @@ def block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsa
     """Roofline of one residual block and the whole-block CUDA kernel's predicted time (PREDICTIONS).
 
     Tiling and shared memory as the launcher picks them on an H100 SXM or H200
-    (:func:`shg_fast.ops.cuda_backend.block_tiling`, :func:`~shg_fast.ops.cuda_backend.block_launch_smem`):
+    (:func:`shg_fast.ops.extension_backend.block_tiling`, :func:`~shg_fast.ops.extension_backend.block_launch_smem`):
     ``ctas`` = tiles x R in waves of 132 x CTAs-per-SM (registers and shared memory). Per CTA:
 
     * streamed weights: the slower of its MMA work (warp tiles padded to 16 rows x 32 columns) at
@@ -222,7 +253,7 @@ def block_prediction(cin: int, cout: int, size: int, batch: int, mode: str, upsa
     how much it hides is for a GPU to measure. Exact fp32 (TF32 off) takes the scalar path,
     modelled at a quarter of the fp32 FMA rate (operands from shared memory and L1, one load per FMA).
     """
-    from .ops.cuda_backend import block_launch_smem, block_tiling
+    from .ops.extension_backend import block_launch_smem, block_tiling
 
     elem, mid, proj = ELEMENT_SIZE[mode], cout // 2, cin != cout
     mma = mode != "fp32"

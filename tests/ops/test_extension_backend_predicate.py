@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from shg_fast.fusion import FoldedResidual
-from shg_fast.ops import cuda_backend
+from shg_fast.folding import FoldedResidual
+from shg_fast.ops import extension_backend
 from shg_fast.ops.residual_block import RESIDUAL_BLOCK
 from shg_fast.reference import Residual
 
@@ -30,7 +30,7 @@ def test_exact_float32_blocks_are_refused_with_a_reason(tf32):
 @pytest.mark.parametrize("channels,accepted", [(32, True), (16, False), (24, False)])  # C_mid = channels / 2
 def test_tf32_blocks_need_channels_in_multiples_of_16(tf32, channels, accepted, monkeypatch):
     """With TF32 allowed the tensor-core path takes float32; odd channel counts would take the scalar loop."""
-    monkeypatch.setattr(cuda_backend, "_smem_limit", lambda index: 232448)  # an H200's, without a GPU
+    monkeypatch.setattr(extension_backend, "_smem_limit", lambda index: 232448)  # an H200's, without a GPU
     block = FoldedResidual.from_module(Residual(channels, channels).eval())
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     x = torch.randn(1, channels, 4, 4)

@@ -1,4 +1,4 @@
-"""Eval-mode fusion planning: folding BatchNorm into convolutions.
+"""Eval-mode folding: BatchNorm folded into convolutions, and the folded blocks, levels and stacks.
 
 A reference :class:`~shg_fast.reference.Residual` in eval mode computes
 
@@ -6,19 +6,21 @@ A reference :class:`~shg_fast.reference.Residual` in eval mode computes
 
 Each BN that follows a conv is folded into that conv's weight and bias; ``bn1`` acts on the
 raw residual stream (also read by an identity skip), so it stays a per-channel scale/shift
-applied in the first conv's prologue. :class:`FoldedResidual` holds the result.
+applied in the first conv's prologue. :class:`FoldedResidual` holds the result;
+:class:`HourglassPlan` and :class:`StackPlan` hold a folded hourglass level and stack.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Union
 
 import torch
 from torch import nn
 
 from .reference import Residual
 
-__all__ = ["bn_scale_shift", "fold_bn_into_conv", "merge_head", "FoldedResidual"]
+__all__ = ["bn_scale_shift", "fold_bn_into_conv", "merge_head", "FoldedResidual", "HourglassPlan", "StackPlan"]
 
 
 def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,3 +132,29 @@ def merge_head(out: nn.Conv2d, merge_features: nn.Conv2d | None = None,
     b_merged = b_f + w_p @ b_out + b_p
     weight = torch.cat([w_out, w_merged], dim=0)
     return weight.view(*weight.shape, 1, 1).clone(), torch.cat([b_out, b_merged])
+
+
+@dataclass
+class HourglassPlan:
+    """One folded hourglass level: ``up1`` blocks, then the pooled ``low1 → low2 → low3`` branch."""
+
+    up1: list[FoldedResidual]
+    low1: list[FoldedResidual]
+    low2: Union["HourglassPlan", list[FoldedResidual]]
+    low3: list[FoldedResidual]
+
+
+@dataclass
+class StackPlan:
+    """One folded stack: hourglass, residuals, ``lin`` (conv+BN folded, ReLU) and the merged head.
+
+    ``head_w`` has ``K`` output channels (heatmaps) in the last stack, else ``K + f``: heatmaps
+    followed by the merged ``merge_features(ll) + merge_preds(heatmaps)`` update.
+    """
+
+    hourglass: HourglassPlan
+    res: list[FoldedResidual]
+    lin_w: torch.Tensor
+    lin_b: torch.Tensor
+    head_w: torch.Tensor
+    head_b: torch.Tensor

@@ -15,7 +15,7 @@ import functools
 import torch
 
 from .. import _extension
-from ..fusion import FoldedResidual
+from ..folding import FoldedResidual
 from .conv_bn_relu import SUPPORTED_DTYPES
 from .residual_block import RESIDUAL_BLOCK, block_size
 
