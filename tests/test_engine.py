@@ -77,7 +77,7 @@ def test_recorded_gpu_launch_counts(full_plan, dtype, cuda_kernels, launches):
     program = build_program(plan, 1, 256, 256, caps=recorded_gpu(cuda_kernels=cuda_kernels))
     expected = _expected_launches(plan, program)
     assert program.launch_count == sum(expected.values())
-    assert program.launch_count == launches  # the figures the README quotes (goal: <= 140 with the CUDA block)
+    assert program.launch_count == launches  # the figures docs/models.md quotes (goal: <= 140 with the CUDA block)
     with torch.no_grad():
         heatmaps = program(torch.empty(1, 3, 256, 256, device="meta", dtype=dtype))
     assert collections.Counter(program.launches) == expected  # exactly the launches the steps declare
