@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 
 __all__ = ["REDUCE_LAUNCH_STEPS", "split_k_default", "MATRIX_TFLOPS", "COPY_TBPS", "LAUNCH_FLOOR_US", "ELEMENT_SIZE",
-           "ASSUMPTIONS", "RATES", "DEFAULT_DEVICE", "DEVICE_PROFILES", "device_profile", "use_device", "conv_prediction", "block_prediction",
-           "triton_block_prediction", "latency_floor_us", "classify_miss", "BELOW_LATENCY_FLOOR", "KERNEL_INEFFICIENCY"]
+           "ASSUMPTIONS", "RATES", "DEFAULT_DEVICE", "DEVICE_PROFILES", "device_profile", "use_device",
+           "conv_prediction", "block_prediction", "triton_block_prediction", "latency_floor_us", "classify_miss",
+           "BELOW_LATENCY_FLOOR", "KERNEL_INEFFICIENCY"]
 
 HOPPER_SMS = 132  # the H100 SXM and the H200 alike (both GH100 with 132 SMs enabled)
 HOPPER_SMEM_OPTIN = 232448  # bytes of shared memory one block may opt in to
